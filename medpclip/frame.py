@@ -1,0 +1,108 @@
+"""The one intermediate between readers and everything after them (DESIGN §3).
+
+A reader turns one :class:`SourceItem` (a case: a volume, an image, a study) into :class:`Frame` objects.
+A Frame is one 2D image plus every annotation the dataset has for it, in whichever form the dataset gave it,
+plus provenance. Nothing downstream of the readers knows about file formats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Intensity = Literal["hu", "raw", "uint8"]
+Plane = Literal["ax", "co", "sa", "im"]  # axial, coronal, sagittal, native 2D image
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file a sample was made from, relative to the raw root."""
+
+    role: str  # "image", "label", "mask", "table", …
+    path: str  # POSIX path relative to the raw root
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One case as discovered on disk: the unit a reader reads at once.
+
+    ``case_id`` is the dataset's own id for the case (file stem, image index…); it names the sample keys.
+    ``meta`` carries reader-specific, JSON-serialisable facts found at discovery (table rows, official split).
+    """
+
+    dataset: str
+    case_id: str
+    files: tuple[SourceFile, ...]
+    patient_id: str
+    study_id: str | None = None
+    official_split: str | None = None
+    meta: tuple[tuple[str, object], ...] = ()
+
+    def meta_dict(self) -> dict[str, object]:
+        return dict(self.meta)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box annotation in pixel coordinates of its frame, xyxy with exclusive max (floats allowed)."""
+
+    label: str
+    xyxy: tuple[float, float, float, float]
+    annotator: str | None = None
+
+
+@dataclass(frozen=True)
+class Point:
+    label: str
+    xy: tuple[float, float]
+    annotator: str | None = None
+
+
+@dataclass
+class Frame:
+    """One 2D image with everything known about it.
+
+    ``image`` is (H, W) or (H, W, 3); ``intensity`` says what its values mean: ``hu`` (CT Hounsfield units),
+    ``raw`` (scanner values, any dtype, normalised later) or ``uint8`` (display-ready, e.g. a JPEG).
+    ``label_map`` is an integer (H, W) map whose values ``label_values`` names; ``masks`` are named binary
+    (H, W) masks (several may share a label: they stay separate annotations). Boxes and points are in this
+    frame's pixel coordinates.
+    """
+
+    item: SourceItem
+    image: np.ndarray
+    intensity: Intensity
+    plane: Plane = "im"
+    slice_index: int = 0
+    spacing_mm: tuple[float, float] | None = None  # (row, col) spacing
+    label_map: np.ndarray | None = None
+    label_values: dict[int, str] = field(default_factory=dict)
+    masks: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    boxes: list[Box] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)
+    image_labels: list[str] = field(default_factory=list)
+    report: str | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+    @property
+    def has_annotations(self) -> bool:
+        return bool(
+            (self.label_map is not None and np.any(self.label_map))
+            or any(np.any(m) for _, m in self.masks)
+            or self.boxes
+            or self.points
+        )
+
+
+class ReadError(Exception):
+    """A source item could not be read. ``reason`` is a short stable code that lands in ``rejects``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

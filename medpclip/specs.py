@@ -1,0 +1,296 @@
+"""Dataset specs: one YAML file per public dataset, validated by pydantic.
+
+A spec says where a dataset lives under the raw root, which reader family reads it and with which options,
+what its label values mean (value → label → display name → category → CUI), how to turn its intensities into
+8 bits, how to slice volumes, how to split by patient, and its licence and citation.
+
+Specs are loaded with ``yaml.safe_load`` only (no Python object tags) and refused with a one-line message that
+names the file, the field and what is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SPECS_DIR = Path(__file__).resolve().parent.parent / "dataset_specs"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+CUI_RE = re.compile(r"^C\d{7}$")
+
+FormatFamily = Literal["volumes", "raster", "tables"]
+Access = Literal["open", "registration", "credentialed"]
+Modality = Literal["CT", "MR", "PET", "US", "XR", "endoscopy", "dermoscopy", "fundus", "pathology", "OCT", "other"]
+SPLITS = ("train", "val", "test")
+
+
+class SpecError(ValueError):
+    """A spec could not be loaded; the message is one line: file, field, what is wrong."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LabelEntry(_Strict):
+    """One label of the dataset. ``value`` is the integer in a label map (volumes, coded masks); tables and
+    mask files match on ``label`` and ``aliases`` (the dataset's own strings)."""
+
+    value: int | None = None
+    label: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="display name, e.g. 'Left kidney'")
+    category: str = Field(min_length=1, description="coarse category without laterality, e.g. 'kidney'")
+    cui: str | None = Field(default=None, description="UMLS CUI, or null when not known for certain")
+    aliases: tuple[str, ...] = ()
+    window: str | None = Field(default=None, description="CT window preset preferred for this label")
+
+    @field_validator("cui")
+    @classmethod
+    def _cui_format(cls, v: str | None) -> str | None:
+        if v is not None and not CUI_RE.match(v):
+            raise ValueError(f"'{v}' is not a UMLS CUI (C followed by 7 digits); use null when unknown")
+        return v
+
+
+class FormatSpec(_Strict):
+    """Which reader family reads the dataset, and the family's options (documented in each reader)."""
+
+    family: FormatFamily
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class IntensitySpec(_Strict):
+    """How to map scanner values to 8 bits.
+
+    ``ct_window``: a CT preset (``window``) for the image, replaced by a label's own ``window`` when that label
+    is on the slice (the first such label in label-map order wins). ``percentile``: clip to the
+    [``low``, ``high``] percentiles of the frame, then scale. ``uint8``: the image is display-ready already.
+    """
+
+    kind: Literal["ct_window", "percentile", "uint8"]
+    window: str | None = None
+    low: float = 0.5
+    high: float = 99.5
+
+    @model_validator(mode="after")
+    def _check(self) -> IntensitySpec:
+        from medpclip.imaging import CT_WINDOWS
+
+        if self.kind == "ct_window":
+            if self.window is None:
+                raise ValueError("kind ct_window needs 'window' (one of " + ", ".join(sorted(CT_WINDOWS)) + ")")
+            if self.window not in CT_WINDOWS:
+                raise ValueError(f"unknown CT window '{self.window}'; known: {', '.join(sorted(CT_WINDOWS))}")
+        if not 0 <= self.low < self.high <= 100:
+            raise ValueError("percentiles need 0 <= low < high <= 100")
+        return self
+
+
+class SlicingSpec(_Strict):
+    """How 3D volumes become 2D frames. Planes: ax (axial), co (coronal), sa (sagittal)."""
+
+    planes: tuple[Literal["ax", "co", "sa"], ...] = ("ax",)
+    step: int = Field(default=1, ge=1)
+    keep_empty: bool = Field(default=False, description="keep slices/images without any region")
+
+
+class SplitSpec(_Strict):
+    """Patient-level split. ``hash``: a salted hash of the patient id assigns train/val/test by ``ratios``.
+    ``official``: the reader's official split where the dataset has one (its val is carved out of the
+    official train by hash); items without an official split fall back to ``hash``."""
+
+    rule: Literal["hash", "official"] = "hash"
+    salt: str = "medpclip-v1"
+    ratios: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: dict[str, float]) -> dict[str, float]:
+        if set(v) - set(SPLITS):
+            raise ValueError(f"split names must be among {SPLITS}, got {sorted(v)}")
+        if any(r < 0 for r in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError("ratios must be non-negative and sum to 1")
+        return v
+
+
+class PatientIdSpec(_Strict):
+    """Where the patient id comes from: a regex over the case id whose group ``pid`` is the id (whole case id
+    when no regex), or a field the reader found (e.g. a table column)."""
+
+    regex: str | None = None
+    field: str | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                compiled = re.compile(v)
+            except re.error as e:
+                raise ValueError(f"invalid regex: {e}") from None
+            if "pid" not in compiled.groupindex:
+                raise ValueError("regex needs a named group (?P<pid>...)")
+        return v
+
+
+class RegionFilterSpec(_Strict):
+    """Regions smaller than max(min_fraction × image area, min_pixels) are dropped and counted."""
+
+    min_fraction: float = Field(default=0.0005, ge=0, lt=1)
+    min_pixels: int = Field(default=16, ge=0)
+
+
+class DatasetSpec(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    root: str = Field(min_length=1, description="the dataset's folder under the raw root, as its archive unpacks")
+    title: str
+    citation: str
+    licence: str
+    access: Access
+    homepage: str
+    modality: Modality
+    body_part: str
+    format: FormatSpec
+    labels: tuple[LabelEntry, ...] = Field(min_length=1)
+    intensity: IntensitySpec
+    slicing: SlicingSpec = SlicingSpec()
+    split: SplitSpec = SplitSpec()
+    patient_id: PatientIdSpec = PatientIdSpec()
+    regions: RegionFilterSpec = RegionFilterSpec()
+    unit_items: int = Field(default=0, ge=0, description="items per work unit; 0 = the family's default")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("must match [a-z0-9][a-z0-9_]* (it becomes part of every sample key)")
+        return v
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        p = Path(v)
+        if p.is_absolute() or ".." in p.parts:
+            raise ValueError("must be a folder name relative to the raw root, without '..'")
+        return v
+
+    @model_validator(mode="after")
+    def _labels_unique(self) -> DatasetSpec:
+        seen_labels: set[str] = set()
+        seen_values: set[int] = set()
+        for entry in self.labels:
+            for s in (entry.label, *entry.aliases):
+                if s.lower() in seen_labels:
+                    raise ValueError(f"label or alias '{s}' appears twice in labels")
+                seen_labels.add(s.lower())
+            if entry.value is not None:
+                if entry.value in seen_values:
+                    raise ValueError(f"label value {entry.value} appears twice in labels")
+                seen_values.add(entry.value)
+        from medpclip.imaging import CT_WINDOWS
+
+        for entry in self.labels:
+            if entry.window is not None and entry.window not in CT_WINDOWS:
+                raise ValueError(f"label '{entry.label}': unknown CT window '{entry.window}'")
+        return self
+
+    # --- look-ups used by readers and the build -------------------------------------------------------
+    def label_by_value(self) -> dict[int, LabelEntry]:
+        return {e.value: e for e in self.labels if e.value is not None}
+
+    def label_by_name(self) -> dict[str, LabelEntry]:
+        """Dataset label string (or alias), lower-cased → entry."""
+        out: dict[str, LabelEntry] = {}
+        for e in self.labels:
+            for s in (e.label, *e.aliases):
+                out[s.lower()] = e
+        return out
+
+    def patient_of(self, case_id: str, fields: dict[str, object] | None = None) -> str:
+        """The raw patient id of a case, by this spec's rule."""
+        pid = self.patient_id
+        if pid.field is not None:
+            value = (fields or {}).get(pid.field)
+            if value is None or str(value) == "":
+                raise ValueError(f"case '{case_id}' has no field '{pid.field}' for its patient id")
+            return str(value)
+        if pid.regex is not None:
+            m = re.search(pid.regex, case_id)
+            if not m:
+                raise ValueError(f"case '{case_id}' does not match patient_id.regex '{pid.regex}'")
+            return m.group("pid")
+        return case_id
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; see `medpclip specs show demo_ct` for a complete spec)"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: field '{loc}': {msg}{more}"
+
+
+def parse_spec(data: object, source: str = "<spec>") -> DatasetSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a spec must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return DatasetSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_validation_error(source, e)) from None
+
+
+def load_spec_file(path: Path) -> DatasetSpec:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        msg = " ".join(str(e).split())
+        raise SpecError(f"{path}: not valid YAML (only plain YAML is accepted, no Python tags): {msg}") from None
+    spec = parse_spec(data, str(path))
+    if path.parent.resolve() == SPECS_DIR and spec.name != path.stem:
+        raise SpecError(f"{path}: field 'name': '{spec.name}' must equal the file name '{path.stem}'")
+    return spec
+
+
+def available_specs(specs_dir: Path = SPECS_DIR) -> list[str]:
+    return sorted(p.stem for p in specs_dir.glob("*.yaml"))
+
+
+def resolve_spec(name_or_path: str, specs_dir: Path = SPECS_DIR) -> DatasetSpec:
+    """A spec by name (a file in ``dataset_specs/``) or by path to a YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise SpecError(f"{name_or_path}: no such spec file")
+        return load_spec_file(candidate)
+    path = specs_dir / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(available_specs(specs_dir)) or "none"
+        raise SpecError(f"unknown spec '{name_or_path}' (known: {known}; or pass a path to a .yaml file)")
+    return load_spec_file(path)
+
+
+def resolve_specs(names: str | list[str], specs_dir: Path = SPECS_DIR) -> list[DatasetSpec]:
+    """Comma-separated names/paths → specs, refusing duplicates."""
+    items = names.split(",") if isinstance(names, str) else list(names)
+    items = [s.strip() for s in items if s.strip()]
+    if not items:
+        raise SpecError("no spec given (pass --spec NAME[,NAME…])")
+    specs = [resolve_spec(s, specs_dir) for s in items]
+    seen: set[str] = set()
+    for s in specs:
+        if s.name in seen:
+            raise SpecError(f"spec '{s.name}' given twice")
+        seen.add(s.name)
+    return specs
