@@ -23,7 +23,9 @@ CUI_RE = re.compile(r"^C\d{7}$")
 
 FormatFamily = Literal["volumes", "raster", "tables"]
 Access = Literal["open", "registration", "credentialed"]
-Modality = Literal["CT", "MR", "PET", "US", "XR", "endoscopy", "dermoscopy", "fundus", "pathology", "OCT", "other"]
+Modality = Literal[
+    "CT", "MR", "PET", "US", "XR", "endoscopy", "dermoscopy", "fundus", "pathology", "OCT", "other"
+]
 SPLITS = ("train", "val", "test")
 
 
@@ -45,7 +47,6 @@ class LabelEntry(_Strict):
     category: str = Field(min_length=1, description="coarse category without laterality, e.g. 'kidney'")
     cui: str | None = Field(default=None, description="UMLS CUI, or null when not known for certain")
     aliases: tuple[str, ...] = ()
-    window: str | None = Field(default=None, description="CT window preset preferred for this label")
 
     @field_validator("cui")
     @classmethod
@@ -65,9 +66,10 @@ class FormatSpec(_Strict):
 class IntensitySpec(_Strict):
     """How to map scanner values to 8 bits.
 
-    ``ct_window``: a CT preset (``window``) for the image, replaced by a label's own ``window`` when that label
-    is on the slice (the first such label in label-map order wins). ``percentile``: clip to the
-    [``low``, ``high``] percentiles of the frame, then scale. ``uint8``: the image is display-ready already.
+    ``ct_window``: one CT preset (``window``) for the whole dataset, chosen for its anatomy (lung nodules →
+    ``lung``). Not chosen per slice from the labels present: the rendering would then give the annotation away
+    to the model. ``percentile``: clip to the [``low``, ``high``] percentiles of the frame, then scale.
+    ``uint8``: the image is display-ready already.
     """
 
     kind: Literal["ct_window", "percentile", "uint8"]
@@ -81,7 +83,9 @@ class IntensitySpec(_Strict):
 
         if self.kind == "ct_window":
             if self.window is None:
-                raise ValueError("kind ct_window needs 'window' (one of " + ", ".join(sorted(CT_WINDOWS)) + ")")
+                raise ValueError(
+                    "kind ct_window needs 'window' (one of " + ", ".join(sorted(CT_WINDOWS)) + ")"
+                )
             if self.window not in CT_WINDOWS:
                 raise ValueError(f"unknown CT window '{self.window}'; known: {', '.join(sorted(CT_WINDOWS))}")
         if not 0 <= self.low < self.high <= 100:
@@ -145,7 +149,9 @@ class RegionFilterSpec(_Strict):
 
 class DatasetSpec(_Strict):
     name: Annotated[str, Field(min_length=1)]
-    root: str = Field(min_length=1, description="the dataset's folder under the raw root, as its archive unpacks")
+    root: str = Field(
+        min_length=1, description="the dataset's folder under the raw root, as its archive unpacks"
+    )
     title: str
     citation: str
     licence: str
@@ -190,11 +196,6 @@ class DatasetSpec(_Strict):
                 if entry.value in seen_values:
                     raise ValueError(f"label value {entry.value} appears twice in labels")
                 seen_values.add(entry.value)
-        from medpclip.imaging import CT_WINDOWS
-
-        for entry in self.labels:
-            if entry.window is not None and entry.window not in CT_WINDOWS:
-                raise ValueError(f"label '{entry.label}': unknown CT window '{entry.window}'")
         return self
 
     # --- look-ups used by readers and the build -------------------------------------------------------
@@ -256,7 +257,9 @@ def load_spec_file(path: Path) -> DatasetSpec:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         msg = " ".join(str(e).split())
-        raise SpecError(f"{path}: not valid YAML (only plain YAML is accepted, no Python tags): {msg}") from None
+        raise SpecError(
+            f"{path}: not valid YAML (only plain YAML is accepted, no Python tags): {msg}"
+        ) from None
     spec = parse_spec(data, str(path))
     if path.parent.resolve() == SPECS_DIR and spec.name != path.stem:
         raise SpecError(f"{path}: field 'name': '{spec.name}' must equal the file name '{path.stem}'")

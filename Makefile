@@ -1,0 +1,49 @@
+# medpclip: `make demo` and `make test` work on a fresh clone; everything installs into .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+DEMO   ?= demo
+export PYTHONHASHSEED := 0
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED := 0
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: setup demo test test-fast bench lint clean
+
+setup: $(STAMP)
+
+# torch first, from this machine's local files, then everything else pinned by constraints.txt with the same
+# torch pin repeated so nothing pulls another build (README, "Operations").
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]' torch==2.14.1 torchvision==0.29.1
+	$(PIP) check
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/medpclip demo-data $(DEMO)/raw
+	$(VENV)/bin/medpclip build --spec demo_ct,demo_polyp,demo_cxr --raw-root $(DEMO)/raw --out $(DEMO)/corpus --max-side 512
+	$(VENV)/bin/medpclip validate --corpus $(DEMO)/corpus
+	$(VENV)/bin/medpclip query --corpus $(DEMO)/corpus \
+	  "SELECT dataset, split, count(DISTINCT key) AS samples, count(*) AS regions FROM regions GROUP BY ALL ORDER BY ALL"
+	@echo "demo corpus: $(abspath $(DEMO)/corpus)   (try: $(VENV)/bin/medpclip query --corpus $(DEMO)/corpus \"SELECT * FROM concepts\")"
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) -m bench.run_all
+
+lint: setup
+	$(VENV)/bin/ruff check medpclip tests bench
+	$(VENV)/bin/ruff format --check medpclip tests bench
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,6 @@
+"""`make bench`: run every benchmark in this folder, one after the other (never in parallel: shared cores)."""
+
+from bench import bench_harmonize
+
+if __name__ == "__main__":
+    bench_harmonize.main()

@@ -1,0 +1,277 @@
+"""The ``medpclip`` command line: each command calls one library function (the same ones the flows call)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Build, query and check MedP-CLIP corpora."
+)
+specs_app = typer.Typer(no_args_is_help=True, help="List, show and validate dataset specs.")
+app.add_typer(specs_app, name="specs")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+# --- build --------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def build(
+    spec: Annotated[
+        str, typer.Option("--spec", help="spec names from dataset_specs/ or YAML paths, comma-separated")
+    ],
+    raw_root: Annotated[
+        Path, typer.Option("--raw-root", help="folder holding the datasets as their archives unpack")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="corpus directory (created; finished units are kept)")],
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address", envvar="RAY_ADDRESS", help="existing Ray cluster (default: a local Ray)"
+        ),
+    ] = None,
+    max_side: Annotated[
+        int, typer.Option("--max-side", help="long side of the stored images, in pixels")
+    ] = 1024,
+    num_cpus: Annotated[
+        int | None, typer.Option("--num-cpus", help="CPUs of the local Ray (default: all)")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="rebuild finished units too")] = False,
+) -> None:
+    """Build (or resume) a corpus. Exit 0 when the build finished, even with rejected inputs."""
+    from medpclip.corpus.build import BuildError, build_corpus
+    from medpclip.specs import SpecError, resolve_specs
+
+    try:
+        specs = resolve_specs(spec)
+    except SpecError as e:
+        _fail(str(e))
+    total_units = 0
+
+    def on_plan(plan) -> None:
+        nonlocal total_units
+        total_units = len(plan.units)
+        err.print(f"planned {total_units} units over {len(plan.specs)} datasets", highlight=False)
+
+    done = 0
+
+    def on_unit(stats: dict) -> None:
+        nonlocal done
+        done += 1
+        state = "kept" if stats.get("skipped") else f"{stats.get('seconds', 0):.1f}s"
+        err.print(
+            f"[{done}/{total_units}] {stats['dataset']} unit {stats['unit']:05d}: {stats['n_samples']} samples, "
+            f"{stats['n_regions']} regions, {stats['n_rejects']} rejects ({state})",
+            highlight=False,
+        )
+
+    try:
+        result = build_corpus(
+            specs,
+            raw_root,
+            out,
+            ray_address=ray_address,
+            max_side=max_side,
+            num_cpus=num_cpus,
+            force=force,
+            on_plan=on_plan,
+            on_unit=on_unit,
+        )
+    except BuildError as e:
+        _fail(str(e), code=1)
+    _print_summary(result.build)
+    console.print(
+        f"corpus: {result.out}  ({result.units_run} units built, {result.units_skipped} kept, {result.seconds:.1f}s)",
+        highlight=False,
+    )
+
+
+def _print_summary(build: dict) -> None:
+    table = Table(title="medpclip corpus")
+    for col in ("dataset", "licence", "samples", "train/val/test", "regions", "rejects"):
+        table.add_column(col, justify="right" if col in ("samples", "regions", "rejects") else "left")
+    for d in build["datasets"]:
+        s = d["samples_by_split"]
+        table.add_row(
+            d["name"],
+            d["licence"],
+            str(d["samples"]),
+            f"{s.get('train', 0)}/{s.get('val', 0)}/{s.get('test', 0)}",
+            str(d["regions"]),
+            str(d["rejects"]),
+        )
+    t = build["totals"]
+    table.add_row("total", "", str(t["samples"]), "", str(t["regions"]), str(t["rejects"]), style="bold")
+    console.print(table)
+
+
+# --- query, show, validate --------------------------------------------------------------------------------
+
+
+@app.command()
+def query(
+    sql: Annotated[
+        str,
+        typer.Argument(
+            help="one SQL statement over the views samples, regions, sources, rejects, units, shards, concepts"
+        ),
+    ],
+    corpus: Annotated[Path, typer.Option("--corpus", help="corpus directory")],
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+) -> None:
+    """Ask DuckDB a question about a corpus."""
+    import duckdb
+
+    from medpclip.warehouse import CorpusError
+    from medpclip.warehouse import query as run_query
+
+    if fmt not in ("table", "csv", "json"):
+        _fail(f"--format must be table, csv or json, got '{fmt}'")
+    try:
+        columns, rows = run_query(corpus, sql)
+    except CorpusError as e:
+        _fail(str(e))
+    except duckdb.Error as e:
+        _fail(" ".join(str(e).split()))
+    if fmt == "json":
+        sys.stdout.write(
+            json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, ensure_ascii=False)
+            + "\n"
+        )
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(columns)
+        w.writerows(rows)
+        sys.stdout.write(buf.getvalue())
+    else:
+        table = Table()
+        for c in columns:
+            table.add_column(c)
+        for r in rows:
+            table.add_row(*("NULL" if v is None else str(v) for v in r))
+        console.print(table)
+
+
+@app.command()
+def show(
+    key: Annotated[str, typer.Argument(help="sample key")],
+    corpus: Annotated[Path, typer.Option("--corpus")],
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write")],
+) -> None:
+    """Draw a sample's regions (masks, boxes, points, labels) on its image."""
+    from medpclip.corpus.inspect import load_sample
+    from medpclip.qa.overlay import draw_regions
+    from medpclip.warehouse import CorpusError
+
+    try:
+        image, record = load_sample(corpus, key)
+    except (CorpusError, KeyError) as e:
+        _fail(str(e).strip("'\""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    draw_regions(image, record["regions"]).save(out)
+    console.print(f"{key}: {len(record['regions'])} regions → {out}", highlight=False)
+
+
+@app.command("validate")
+def validate_corpus(corpus: Annotated[Path, typer.Option("--corpus")]) -> None:
+    """Re-check a corpus: shard hashes, records against the schema, regions against their masks, counts."""
+    from medpclip.corpus.inspect import check_corpus
+    from medpclip.warehouse import CorpusError
+
+    try:
+        report = check_corpus(corpus)
+    except CorpusError as e:
+        _fail(str(e))
+    for problem in report.problems[:50]:
+        err.print(f"- {problem}", highlight=False)
+    console.print(
+        f"checked {report.shards} shards, {report.samples} samples, {report.regions} regions: "
+        f"{len(report.problems)} problems",
+        highlight=False,
+    )
+    raise typer.Exit(0 if not report.problems else 1)
+
+
+# --- specs, demo data -------------------------------------------------------------------------------------
+
+
+@specs_app.command("list")
+def specs_list() -> None:
+    """The specs in dataset_specs/."""
+    from medpclip.specs import SpecError, available_specs, resolve_spec
+
+    table = Table()
+    for c in ("name", "format", "modality", "access", "licence", "labels", "title"):
+        table.add_column(c)
+    for name in available_specs():
+        try:
+            s = resolve_spec(name)
+        except SpecError as e:
+            table.add_row(name, "[red]invalid[/red]", "", "", "", "", str(e))
+            continue
+        table.add_row(s.name, s.format.family, s.modality, s.access, s.licence, str(len(s.labels)), s.title)
+    console.print(table)
+
+
+@specs_app.command("show")
+def specs_show(name: Annotated[str, typer.Argument(help="spec name or YAML path")]) -> None:
+    """A spec as validated (defaults filled in), as YAML."""
+    import yaml
+
+    from medpclip.specs import SpecError, resolve_spec
+
+    try:
+        s = resolve_spec(name)
+    except SpecError as e:
+        _fail(str(e))
+    sys.stdout.write(yaml.safe_dump(json.loads(s.model_dump_json()), sort_keys=False, allow_unicode=True))
+
+
+@specs_app.command("validate")
+def specs_validate(
+    names: Annotated[list[str] | None, typer.Argument(help="spec names or paths (default: all)")] = None,
+) -> None:
+    """Validate specs; exit 1 if any is invalid (one line per problem)."""
+    from medpclip.specs import SpecError, available_specs, resolve_spec
+
+    bad = 0
+    for name in names or available_specs():
+        try:
+            resolve_spec(name)
+            console.print(f"ok      {name}", highlight=False)
+        except SpecError as e:
+            bad += 1
+            err.print(f"invalid {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if bad else 0)
+
+
+@app.command("demo-data")
+def demo_data(
+    directory: Annotated[Path, typer.Argument(help="raw root to write the demo datasets into")],
+) -> None:
+    """Write the small demo datasets in their publishers' layouts (deterministic)."""
+    from medpclip.demo import write_demo_data
+
+    written = write_demo_data(directory)
+    for name, path in written.items():
+        console.print(f"{name:12s} {path}", highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

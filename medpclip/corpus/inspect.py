@@ -1,0 +1,148 @@
+"""Read a finished corpus back: one sample by key, and a full re-check of what the build claims."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+from PIL import Image
+
+from medpclip.corpus.schema import KEY_RE, load_sample_json_schema
+from medpclip.corpus.shards import iter_samples, load_json, read_sample
+from medpclip.regions import decode_rle, tight_box
+from medpclip.warehouse import CorpusError, connect
+
+
+def load_sample(corpus: Path, key: str) -> tuple[np.ndarray, dict]:
+    """The image (uint8) and record of one sample, found through the samples manifest."""
+    if not KEY_RE.match(key):
+        raise KeyError(f"'{key}' is not a sample key (keys match [a-z0-9_-]+)")
+    con = connect(corpus)
+    try:
+        row = con.execute("SELECT shard FROM samples WHERE key = ?", [key]).fetchone()
+    finally:
+        con.close()
+    if row is None:
+        raise KeyError(
+            f"no sample '{key}' in {corpus} (try: medpclip query --corpus {corpus} \"SELECT key FROM samples LIMIT 5\")"
+        )
+    members = read_sample(Path(corpus) / row[0], key)
+    return np.asarray(Image.open(io.BytesIO(members["png"]))), json.loads(members["json"])
+
+
+@dataclass
+class CheckReport:
+    shards: int = 0
+    samples: int = 0
+    regions: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _check_region(key: str, rec: dict, r: dict, problems: list[str]) -> None:
+    w, h = rec["width"], rec["height"]
+    x0, y0, x1, y1 = r["bbox"]
+    where = f"{key} region {r['rid']} ({r['label']})"
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        problems.append(f"{where}: bbox {r['bbox']} outside the {w}x{h} image")
+        return
+    if "mask_rle" in r:
+        mask = decode_rle(r["mask_rle"])
+        if mask.shape != (h, w):
+            problems.append(f"{where}: mask is {mask.shape}, image is {(h, w)}")
+            return
+        if int(mask.sum()) != r["area_px"]:
+            problems.append(f"{where}: area_px {r['area_px']} but the mask has {int(mask.sum())} pixels")
+        if list(tight_box(mask)) != r["bbox"]:
+            problems.append(
+                f"{where}: bbox {r['bbox']} is not the tight box {list(tight_box(mask))} of its mask"
+            )
+        for (x, y), lab in zip(r["points"], r["point_labels"], strict=True):
+            if not (0 <= x < w and 0 <= y < h) or bool(mask[y, x]) != bool(lab):
+                problems.append(f"{where}: point ({x},{y}) label {lab} disagrees with the mask")
+    elif r["kind"] == "box" and r["area_px"] != (x1 - x0) * (y1 - y0):
+        problems.append(f"{where}: box area_px {r['area_px']} != box area {(x1 - x0) * (y1 - y0)}")
+
+
+def check_corpus(corpus: Path) -> CheckReport:
+    """Everything a consumer relies on, re-derived from the bytes on disk."""
+    corpus = Path(corpus)
+    if not (corpus / "build.json").is_file():
+        raise CorpusError(f"'{corpus}' is not a corpus (no build.json)")
+    report = CheckReport()
+    problems = report.problems
+    validator = jsonschema.Draft202012Validator(load_sample_json_schema())
+    con = connect(corpus)
+    try:
+        manifest = {
+            k: (s, n) for k, s, n in con.execute("SELECT key, shard, n_regions FROM samples").fetchall()
+        }
+        n_region_rows = con.execute("SELECT count(*) FROM regions").fetchone()[0]
+        shard_rows = con.execute("SELECT path, n_samples, bytes, sha256 FROM shards ORDER BY path").fetchall()
+    finally:
+        con.close()
+    seen: set[str] = set()
+    for path, n_samples, size, sha in shard_rows:
+        report.shards += 1
+        p = corpus / path
+        if not p.is_file():
+            problems.append(f"{path}: shard missing")
+            continue
+        data = p.read_bytes()
+        if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+            problems.append(f"{path}: size or sha256 differs from its unit marker")
+        count = 0
+        last = ""
+        for key, members in iter_samples(p):
+            count += 1
+            report.samples += 1
+            if key <= last:
+                problems.append(f"{path}: key {key} out of order")
+            last = key
+            if set(members) != {"json", "png", "txt"}:
+                problems.append(f"{path}: sample {key} has members {sorted(members)}")
+                continue
+            rec = json.loads(members["json"])
+            errors = sorted(validator.iter_errors(rec), key=lambda e: list(e.path))
+            if errors:
+                problems.append(
+                    f"{key}: record invalid at {'/'.join(map(str, errors[0].path))}: {errors[0].message}"
+                )
+                continue
+            if rec["key"] != key:
+                problems.append(f"{key}: record carries key {rec['key']}")
+            img = Image.open(io.BytesIO(members["png"]))
+            if img.size != (rec["width"], rec["height"]):
+                problems.append(f"{key}: PNG is {img.size}, record says {(rec['width'], rec['height'])}")
+            if members["txt"].decode("utf-8") != rec["caption"]:
+                problems.append(f"{key}: txt differs from the record's caption")
+            if manifest.get(key, (None, None))[0] != path:
+                problems.append(f"{key}: not in the samples manifest under {path}")
+            elif manifest[key][1] != len(rec["regions"]):
+                problems.append(
+                    f"{key}: manifest says {manifest[key][1]} regions, record has {len(rec['regions'])}"
+                )
+            seen.add(key)
+            for r in rec["regions"]:
+                report.regions += 1
+                _check_region(key, rec, r, problems)
+        if count != n_samples:
+            problems.append(f"{path}: {count} samples, marker says {n_samples}")
+    missing = set(manifest) - seen
+    if missing:
+        problems.append(f"{len(missing)} manifest samples are in no shard, e.g. {sorted(missing)[0]}")
+    if n_region_rows != report.regions:
+        problems.append(f"regions manifest has {n_region_rows} rows, shards hold {report.regions} regions")
+    sizes = load_json(corpus / "sizes.json")
+    if sum(sizes.values()) != report.samples:
+        problems.append(f"sizes.json counts {sum(sizes.values())} samples, shards hold {report.samples}")
+    build = load_json(corpus / "build.json")
+    if build["totals"]["samples"] != report.samples or build["totals"]["regions"] != report.regions:
+        problems.append(
+            f"build.json totals {build['totals']['samples']}/{build['totals']['regions']} differ from the shards"
+        )
+    return report

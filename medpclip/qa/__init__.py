@@ -1,0 +1,1 @@
+"""Quality assurance: overlays, contact sheets, build report."""

@@ -1,0 +1,1 @@
+"""Region and image text from labels and medical priors."""

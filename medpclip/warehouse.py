@@ -1,0 +1,48 @@
+"""DuckDB over a corpus: the views of ``warehouse/views.sql`` on the Parquet manifests and unit markers.
+
+Nothing is copied: a view reads the manifests where the build left them, so a query sees the corpus as it
+is on disk (and a resumed or incremental build is visible at once).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+VIEWS_SQL = Path(__file__).resolve().parent.parent / "warehouse" / "views.sql"
+VIEWS = ("samples", "regions", "sources", "rejects", "units", "shards", "concepts")
+
+
+class CorpusError(ValueError):
+    """The directory is not a finished corpus; the message says what is missing."""
+
+
+def _sql_path(path: Path) -> str:
+    return path.as_posix().replace("'", "''")
+
+
+def connect(corpus: Path, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the corpus views (and ``metrics`` once an evaluation wrote some)."""
+    corpus = Path(corpus).resolve()
+    if not (corpus / "build.json").is_file():
+        raise CorpusError(f"'{corpus}' is not a corpus (no build.json; run `medpclip build` first)")
+    con = duckdb.connect(database)
+    con.execute(VIEWS_SQL.read_text(encoding="utf-8").replace("{corpus}", _sql_path(corpus)))
+    metrics = corpus / "metrics"
+    if any(metrics.glob("*.parquet")):
+        con.execute(
+            f"CREATE OR REPLACE VIEW metrics AS SELECT * FROM read_parquet('{_sql_path(metrics)}/*.parquet', union_by_name = true)"
+        )
+    return con
+
+
+def query(corpus: Path, sql: str) -> tuple[list[str], list[tuple]]:
+    """Run one SQL statement against the corpus views; returns column names and rows."""
+    con = connect(corpus)
+    try:
+        cur = con.execute(sql)
+        columns = [d[0] for d in cur.description] if cur.description else []
+        return columns, cur.fetchall()
+    finally:
+        con.close()

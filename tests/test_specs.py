@@ -1,0 +1,106 @@
+"""Specs: valid ones load, bad ones are refused with one line naming the file, the field and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medpclip.specs import SpecError, available_specs, load_spec_file, resolve_spec, resolve_specs
+
+MINIMAL = {
+    "name": "tiny",
+    "root": "Tiny",
+    "title": "t",
+    "citation": "c",
+    "licence": "CC-BY-4.0",
+    "access": "open",
+    "homepage": "https://example.org",
+    "modality": "CT",
+    "body_part": "abdomen",
+    "format": {"family": "volumes", "options": {"layout": "msd"}},
+    "labels": [{"value": 1, "label": "liver", "name": "Liver", "category": "liver", "cui": "C0023884"}],
+    "intensity": {"kind": "ct_window", "window": "liver"},
+}
+
+
+def _write(tmp_path: Path, data, name="tiny.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
+    return p
+
+
+def test_shipped_specs_all_validate():
+    names = available_specs()
+    assert {"demo_ct", "demo_polyp", "demo_cxr"} <= set(names)
+    for n in names:
+        assert resolve_spec(n).name == n
+
+
+def test_minimal_spec_defaults(tmp_path):
+    s = load_spec_file(_write(tmp_path, MINIMAL))
+    assert s.split.rule == "hash" and s.split.ratios == {"train": 0.8, "val": 0.1, "test": 0.1}
+    assert s.regions.min_pixels == 16 and s.regions.min_fraction == 0.0005
+    assert s.slicing.planes == ("ax",) and not s.slicing.keep_empty
+    assert s.label_by_value()[1].cui == "C0023884"
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"colour": "red"}, "field 'colour': unknown field"),
+        ({"access": "public"}, "field 'access'"),
+        ({"name": "Bad.Name"}, "field 'name'"),
+        ({"root": "../escape"}, "field 'root'"),
+        ({"intensity": {"kind": "ct_window", "window": "kidney"}}, "unknown CT window 'kidney'"),
+        (
+            {"labels": [{"value": 1, "label": "liver", "name": "Liver", "category": "liver", "cui": "C12"}]},
+            "is not a UMLS CUI",
+        ),
+        (
+            {
+                "labels": [
+                    {"value": 1, "label": "a", "name": "A", "category": "a"},
+                    {"value": 1, "label": "b", "name": "B", "category": "b"},
+                ]
+            },
+            "label value 1 appears twice",
+        ),
+        ({"split": {"ratios": {"train": 0.9, "test": 0.2}}}, "sum to 1"),
+        ({"patient_id": {"regex": "^(\\d+)$"}}, "named group (?P<pid>"),
+        ({"labels": []}, "field 'labels'"),
+    ],
+)
+def test_bad_spec_is_one_clear_line(tmp_path, change, fragment):
+    with pytest.raises(SpecError) as e:
+        load_spec_file(_write(tmp_path, {**MINIMAL, **change}))
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "tiny.yaml") in msg and fragment in msg
+
+
+def test_python_yaml_tags_are_refused(tmp_path):
+    p = _write(tmp_path, "name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec_file(p)
+
+
+def test_unknown_spec_name_lists_known():
+    with pytest.raises(SpecError, match="unknown spec 'nope'.*demo_ct"):
+        resolve_spec("nope")
+
+
+def test_resolve_specs_refuses_duplicates_and_empty():
+    with pytest.raises(SpecError, match="given twice"):
+        resolve_specs("demo_ct,demo_ct")
+    with pytest.raises(SpecError, match="no spec given"):
+        resolve_specs(" , ")
+
+
+def test_patient_rules():
+    s = resolve_spec("demo_ct")
+    assert s.patient_of("democt_19") == "19"
+    cxr = resolve_spec("demo_cxr")
+    assert cxr.patient_of("00000003_001", {"Patient ID": "3"}) == "3"
+    with pytest.raises(ValueError, match="no field 'Patient ID'"):
+        cxr.patient_of("00000003_001", {})
