@@ -181,8 +181,10 @@ def show(
 
     try:
         image, record = load_sample(corpus, key)
-    except (CorpusError, KeyError) as e:
-        _fail(str(e).strip("'\""))
+    except CorpusError as e:
+        _fail(str(e))
+    except KeyError as e:
+        _fail(e.args[0])
     out.parent.mkdir(parents=True, exist_ok=True)
     draw_regions(image, record["regions"]).save(out)
     console.print(f"{key}: {len(record['regions'])} regions → {out}", highlight=False)

@@ -89,7 +89,15 @@ CT_LESION_SLICE = 13  # axial index (canonical, inferior → superior) of that l
 CT_JUNK_FILE = "imagesTr/._democt_3.nii.gz"
 CT_SHAPE = (128, 128, 24)  # voxels (x, y, z)
 CT_SPACING = (1.5, 1.5, 5.0)  # mm
-CT_LABELS = {0: "background", 1: "liver", 2: "spleen", 3: "kidney", 4: "aorta", 5: "vertebra", 6: "liver tumour"}
+CT_LABELS = {
+    0: "background",
+    1: "liver",
+    2: "spleen",
+    3: "kidney",
+    4: "aorta",
+    5: "vertebra",
+    6: "liver tumour",
+}
 # Axial slices (canonical index) that every training case has a given structure on; tests rely on these.
 CT_KIDNEY_SLICES = range(3, 11)
 CT_LIVER_SLICES = range(8, 19)
@@ -105,6 +113,7 @@ class Blob:
     semi: tuple[float, float]  # (i, j) semi-axes at the middle slice
     z: tuple[int, int]  # half-open axial range
     hu: float
+    taper: bool = True  # organs narrow towards their ends; tubes and vertebrae keep their calibre
 
 
 def ct_case_plan(case_id: str) -> list[Blob]:
@@ -128,9 +137,11 @@ def ct_case_plan(case_id: str) -> list[Blob]:
         Blob(3, (jitter(90, 2), jitter(40, 2)), (scale(7), scale(9)), (2 + kz, 11 + kz), jitter(30, 3)),
         Blob(3, (jitter(38, 2), jitter(40, 2)), (scale(7), scale(9)), (2 + kz, 11 + kz), jitter(30, 3)),
         # aorta: small disc anterior to the spine, just left of the midline
-        Blob(4, (jitter(60, 1), jitter(46, 1)), (4.5, 4.5), (2, 22), jitter(200, 15)),
+        Blob(4, (jitter(60, 1), jitter(46, 1)), (4.5, 4.5), (2, 22), jitter(200, 15), taper=False),
         # vertebral body: posterior midline
-        Blob(5, (jitter(64, 1), jitter(33, 1)), (scale(7), scale(6.5)), (2, 22), jitter(700, 40)),
+        Blob(
+            5, (jitter(64, 1), jitter(33, 1)), (scale(7), scale(6.5)), (2, 22), jitter(700, 40), taper=False
+        ),
     ]
 
 
@@ -140,7 +151,7 @@ def _blob_slice(shape2d: tuple[int, int], blob: Blob, k: int) -> np.ndarray:
     if not z0 <= k < z1:
         return np.zeros(shape2d, bool)
     mid, half = (z0 + z1 - 1) / 2, max((z1 - z0) / 2, 1)
-    s = max(0.6, float(np.sqrt(max(0.0, 1 - ((k - mid) / half) ** 2))))
+    s = max(0.6, float(np.sqrt(max(0.0, 1 - ((k - mid) / half) ** 2)))) if blob.taper else 1.0
     return _ellipse(shape2d, blob.center, (blob.semi[0] * s, blob.semi[1] * s))
 
 
@@ -180,7 +191,12 @@ def ct_stored_affine() -> np.ndarray:
     sx, sy, sz = CT_SPACING
     nx, ny, _ = CT_SHAPE
     return np.array(
-        [[-sx, 0, 0, sx * (nx - 1) - 96.0], [0, -sy, 0, sy * (ny - 1) - 96.0], [0, 0, sz, -60.0], [0, 0, 0, 1]]
+        [
+            [-sx, 0, 0, sx * (nx - 1) - 96.0],
+            [0, -sy, 0, sy * (ny - 1) - 96.0],
+            [0, 0, sz, -60.0],
+            [0, 0, 0, 1],
+        ]
     )
 
 
@@ -224,7 +240,10 @@ def write_demo_ct(folder: Path) -> Path:
         "numTraining": len(CT_TRAIN_CASES),
         "numTest": len(CT_TEST_CASES),
         "training": [
-            {"image": f"./imagesTr/{CT_TRAIN_CASES[i]}.nii.gz", "label": f"./labelsTr/{CT_TRAIN_CASES[i]}.nii.gz"}
+            {
+                "image": f"./imagesTr/{CT_TRAIN_CASES[i]}.nii.gz",
+                "label": f"./labelsTr/{CT_TRAIN_CASES[i]}.nii.gz",
+            }
             for i in order
         ],
         "test": [f"./imagesTs/{c}.nii.gz" for c in CT_TEST_CASES],
@@ -236,6 +255,8 @@ def write_demo_ct(folder: Path) -> Path:
 # --- (b) Kvasir-SEG colonoscopy ----------------------------------------------------------------------------
 
 POLYP_COUNT = 12
+# Chosen so that the demo's hash split (salt medpclip-v1, 0.6/0.2/0.2) puts images in each of train, val, test.
+POLYP_SEED = 200
 _ID_ALPHABET = np.array(list("abcdefghijklmnopqrstuvwxyz0123456789"))
 
 
@@ -249,7 +270,7 @@ class PolypImage:
 
 def polyp_plan() -> list[PolypImage]:
     """Ids, sizes and polyp ellipses of every demo image (sorted by id)."""
-    rng = np.random.default_rng(202)
+    rng = np.random.default_rng(POLYP_SEED)
     out = []
     for n in range(POLYP_COUNT):
         image_id = "cju" + "".join(rng.choice(_ID_ALPHABET, 22))
@@ -260,7 +281,10 @@ def polyp_plan() -> list[PolypImage]:
             for _attempt in range(50):  # keep two polyps apart so each stays its own component
                 ry, rx = rng.uniform(0.10, 0.22) * height, rng.uniform(0.10, 0.22) * width
                 cy, cx = rng.uniform(ry + 4, height - ry - 4), rng.uniform(rx + 4, width - rx - 4)
-                if all(abs(cy - py) > ry + pry + 6 or abs(cx - px) > rx + prx + 6 for (py, px), (pry, prx) in polyps):
+                if all(
+                    abs(cy - py) > ry + pry + 6 or abs(cx - px) > rx + prx + 6
+                    for (py, px), (pry, prx) in polyps
+                ):
                     polyps.append(((cy, cx), (ry, rx)))
                     break
         out.append(PolypImage(image_id, height, width, tuple(polyps)))
@@ -288,7 +312,9 @@ def _polyp_image(p: PolypImage, rng: np.random.Generator) -> np.ndarray:
         d = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
         shade = (1.15 - 0.35 * d)[..., None]  # dome lit from the scope
         rgb[mask] = (np.array([188.0, 72.0, 64.0]) * shade + 0.3 * texture[..., None])[mask]
-        spot = mask & (((yy - (cy - 0.35 * ry)) / (0.15 * ry)) ** 2 + ((xx - (cx - 0.3 * rx)) / (0.15 * rx)) ** 2 <= 1)
+        spot = mask & (
+            ((yy - (cy - 0.35 * ry)) / (0.15 * ry)) ** 2 + ((xx - (cx - 0.3 * rx)) / (0.15 * rx)) ** 2 <= 1
+        )
         rgb[spot] = (245, 235, 232)  # specular highlight (still polyp)
     vignette = 1 - 0.45 * (((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2) / 2
     return np.clip(rgb * vignette[..., None] + rng.normal(0, 3, rgb.shape), 0, 255).astype(np.uint8)
@@ -298,7 +324,9 @@ def write_demo_polyp(folder: Path) -> Path:
     boxes: dict[str, dict] = {}
     for n, p in enumerate(polyp_plan()):
         rng = np.random.default_rng(300 + n)
-        _write(folder / "images" / f"{p.image_id}.jpg", _jpeg_bytes(Image.fromarray(_polyp_image(p, rng)), 90))
+        _write(
+            folder / "images" / f"{p.image_id}.jpg", _jpeg_bytes(Image.fromarray(_polyp_image(p, rng)), 90)
+        )
         masks = polyp_truth(p)
         union = np.logical_or.reduce(masks).astype(np.uint8) * 255
         # Kvasir masks are RGB JPEGs: compression leaves values between 0 and 255 near the edges
@@ -355,7 +383,7 @@ def _cxr_anatomy(patient: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     for k in range(7):  # ribs: faint arcs across the lungs
         ribs = np.abs(yy - (70 + 22 * k) - 0.004 * (xx - 128) ** 2) < 2.5
         img[ribs & (lung_r | lung_l)] += 18
-    heart = _ellipse((n, n), (rng.uniform(170, 176), 140), (34, 36))
+    heart = _ellipse((n, n), (rng.uniform(172, 178), 142), (30, 40))  # left of the midline: image right
     img[heart] = 150
     img = ndimage.gaussian_filter(img, 1.5)
     return img, {"lung_r": lung_r, "lung_l": lung_l, "heart": heart}
@@ -371,7 +399,7 @@ def _cxr_findings(name: str, findings: list[str], anatomy: dict[str, np.ndarray]
         lung = anatomy["lung_r" if rng.uniform() < 0.5 else "lung_l"]
         rows, cols = np.nonzero(lung)
         if finding == "Cardiomegaly":  # heart silhouette wider than half the thorax
-            m = _ellipse((n, n), (170, 138), (44, rng.uniform(58, 64)))
+            m = _ellipse((n, n), (170, 140), (40, rng.uniform(58, 64)))
             img[m] = 152
         elif finding == "Nodule":  # small bright round opacity inside a lung
             k = int(rng.integers(len(rows)))
@@ -439,12 +467,25 @@ def write_demo_cxr(folder: Path) -> Path:
             view = "PA" if rng.uniform() < 0.6 else "AP"
             w, h = int(rng.integers(2000, 3000)), int(rng.integers(2000, 3000))
             spacing = "0.143" if rng.uniform() < 0.7 else "0.168"
-            row = [name, "|".join(sorted(findings)), str(fu), str(patient), str(age + fu), sex, view, str(w), str(h)]
+            row = [
+                name,
+                "|".join(sorted(findings)),
+                str(fu),
+                str(patient),
+                str(age + fu),
+                sex,
+                view,
+                str(w),
+                str(h),
+            ]
             entries.append(row + [spacing, spacing])
             if name in CXR_BOXED:
                 for finding, m in drawn.items():
                     x0, y0, x1, y1 = tight_box(m)
-                    box_rows.append([name, CXR_BOX_LABEL.get(finding, finding)] + [repr(float(v)) for v in (x0, y0, x1 - x0, y1 - y0)])
+                    box_rows.append(
+                        [name, CXR_BOX_LABEL.get(finding, finding)]
+                        + [repr(float(v)) for v in (x0, y0, x1 - x0, y1 - y0)]
+                    )
     header = (
         "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
         "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"  # the older file's trailing comma

@@ -18,7 +18,7 @@ from medpclip.regions import decode_rle
 from medpclip.specs import resolve_specs
 from medpclip.warehouse import query
 
-from .conftest import DEMO_SPECS
+DEMO_SPECS = ["demo_ct", "demo_polyp", "demo_cxr"]
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

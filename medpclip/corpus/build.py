@@ -555,8 +555,9 @@ def run_units(
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         ds = ray.data.from_items([{"unit": u.to_json()} for u in units], override_num_blocks=len(units))
-        # max_retries: a worker killed mid-unit is retried; the unit rewrites its files from scratch.
-        ds = ds.map(run_unit_row, num_cpus=1, max_retries=3)
+        # A worker killed mid-unit is retried by Ray (tasks retry system failures by default); the retry
+        # removes the unit's files and rewrites them from scratch.
+        ds = ds.map(run_unit_row, num_cpus=1)
         for row in ds.iter_rows():
             stats = json.loads(row["stats"])
             if on_unit is not None:

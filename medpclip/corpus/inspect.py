@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,32 @@ def _check_region(key: str, rec: dict, r: dict, problems: list[str]) -> None:
         problems.append(f"{where}: box area_px {r['area_px']} != box area {(x1 - x0) * (y1 - y0)}")
 
 
+def _check_sample(path: str, key: str, members: dict, validator, manifest: dict, report: CheckReport) -> None:
+    problems = report.problems
+    if set(members) != {"json", "png", "txt"}:
+        problems.append(f"{path}: sample {key} has members {sorted(members)}")
+        return
+    rec = json.loads(members["json"])
+    errors = sorted(validator.iter_errors(rec), key=lambda e: list(e.path))
+    if errors:
+        problems.append(f"{key}: record invalid at {'/'.join(map(str, errors[0].path))}: {errors[0].message}")
+        return
+    if rec["key"] != key:
+        problems.append(f"{key}: record carries key {rec['key']}")
+    img = Image.open(io.BytesIO(members["png"]))
+    if img.size != (rec["width"], rec["height"]):
+        problems.append(f"{key}: PNG is {img.size}, record says {(rec['width'], rec['height'])}")
+    if members["txt"].decode("utf-8") != rec["caption"]:
+        problems.append(f"{key}: txt differs from the record's caption")
+    if manifest.get(key, (None, None))[0] != path:
+        problems.append(f"{key}: not in the samples manifest under {path}")
+    elif manifest[key][1] != len(rec["regions"]):
+        problems.append(f"{key}: manifest says {manifest[key][1]} regions, record has {len(rec['regions'])}")
+    for r in rec["regions"]:
+        report.regions += 1
+        _check_region(key, rec, r, problems)
+
+
 def check_corpus(corpus: Path) -> CheckReport:
     """Everything a consumer relies on, re-derived from the bytes on disk."""
     corpus = Path(corpus)
@@ -97,39 +124,20 @@ def check_corpus(corpus: Path) -> CheckReport:
             problems.append(f"{path}: size or sha256 differs from its unit marker")
         count = 0
         last = ""
-        for key, members in iter_samples(p):
-            count += 1
-            report.samples += 1
-            if key <= last:
-                problems.append(f"{path}: key {key} out of order")
-            last = key
-            if set(members) != {"json", "png", "txt"}:
-                problems.append(f"{path}: sample {key} has members {sorted(members)}")
-                continue
-            rec = json.loads(members["json"])
-            errors = sorted(validator.iter_errors(rec), key=lambda e: list(e.path))
-            if errors:
-                problems.append(
-                    f"{key}: record invalid at {'/'.join(map(str, errors[0].path))}: {errors[0].message}"
-                )
-                continue
-            if rec["key"] != key:
-                problems.append(f"{key}: record carries key {rec['key']}")
-            img = Image.open(io.BytesIO(members["png"]))
-            if img.size != (rec["width"], rec["height"]):
-                problems.append(f"{key}: PNG is {img.size}, record says {(rec['width'], rec['height'])}")
-            if members["txt"].decode("utf-8") != rec["caption"]:
-                problems.append(f"{key}: txt differs from the record's caption")
-            if manifest.get(key, (None, None))[0] != path:
-                problems.append(f"{key}: not in the samples manifest under {path}")
-            elif manifest[key][1] != len(rec["regions"]):
-                problems.append(
-                    f"{key}: manifest says {manifest[key][1]} regions, record has {len(rec['regions'])}"
-                )
-            seen.add(key)
-            for r in rec["regions"]:
-                report.regions += 1
-                _check_region(key, rec, r, problems)
+        try:
+            for key, members in iter_samples(p):
+                count += 1
+                report.samples += 1
+                if key <= last:
+                    problems.append(f"{path}: key {key} out of order")
+                last = key
+                try:
+                    _check_sample(path, key, members, validator, manifest, report)
+                    seen.add(key)
+                except (ValueError, OSError) as e:  # undecodable JSON or PNG: report, keep checking
+                    problems.append(f"{key}: unreadable member: {type(e).__name__}: {e}")
+        except (tarfile.TarError, OSError) as e:
+            problems.append(f"{path}: unreadable tar: {e}")
         if count != n_samples:
             problems.append(f"{path}: {count} samples, marker says {n_samples}")
     missing = set(manifest) - seen

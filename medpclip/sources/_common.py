@@ -26,10 +26,10 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-O = TypeVar("O", bound=Options)
+OptionsT = TypeVar("OptionsT", bound=Options)
 
 
-def parse_options(spec: DatasetSpec, model: type[O]) -> O:
+def parse_options(spec: DatasetSpec, model: type[OptionsT]) -> OptionsT:
     try:
         return model.model_validate(spec.format.options)
     except ValidationError as e:

@@ -41,6 +41,7 @@ from medpclip.sources._common import (
     Options,
     existing,
     file_of,
+    files_of,
     glob_files,
     load_image,
     load_mask,
@@ -92,16 +93,23 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
     opts = parse_options(spec, RasterOptions)
     _check_labels(spec, opts)
     boxes = _load_boxes_json(root, opts.boxes_json) if opts.boxes_json else {}
-    candidates = [p for p in glob_files(root, opts.images) if not _excluded(p.relative_to(root), opts.exclude)]
+    candidates = [
+        p for p in glob_files(root, opts.images) if not _excluded(p.relative_to(root), opts.exclude)
+    ]
     masks_of = {p: _find_masks(root, opts, p) for p in candidates}
     used_as_mask = {m for found in masks_of.values() for _, m in found}
+    patterns = opts.mask_patterns()
     items = []
     for path in candidates:
         if path in used_as_mask:
             continue
         files = [SourceFile("image", raw_path(spec, path.relative_to(root).as_posix()))]
-        files += [SourceFile(f"mask:{i}", raw_path(spec, m.relative_to(root).as_posix())) for i, m in masks_of[path]]
+        files += [
+            SourceFile("mask", raw_path(spec, m.relative_to(root).as_posix())) for _, m in masks_of[path]
+        ]
         meta: dict[str, object] = {}
+        if masks_of[path] and opts.mask_mode == "threshold":  # the label of each mask file, in file order
+            meta["mask_labels"] = tuple(_threshold_label(spec, opts, patterns[i]) for i, _ in masks_of[path])
         error = None
         if not masks_of[path] and path.stem in boxes:
             try:
@@ -122,7 +130,9 @@ def _check_labels(spec: DatasetSpec, opts: RasterOptions) -> None:
             by_value = spec.label_by_value()
             bad = sorted(v for v in opts.values.values() if v != 0 and v not in by_value)
             if bad:
-                raise ReadError("bad_option", f"values map to {bad}, which are not label values of spec '{spec.name}'")
+                raise ReadError(
+                    "bad_option", f"values map to {bad}, which are not label values of spec '{spec.name}'"
+                )
     except ReadError as e:
         raise ReadError("bad_option", e.detail) from None
 
@@ -170,9 +180,11 @@ def _load_boxes_json(root: Path, name: str) -> dict[str, object]:
 
 def _kvasir_entry(entry: object) -> dict[str, object]:
     """One Kvasir bbox entry → meta: the size it was drawn on and its boxes as (label, x0, y0, x1, y1)."""
-    assert isinstance(entry, dict)
+    if not isinstance(entry, dict):
+        raise TypeError(f"expected an object, got {type(entry).__name__}")
     boxes = tuple(
-        (str(b["label"]), float(b["xmin"]), float(b["ymin"]), float(b["xmax"]), float(b["ymax"])) for b in entry["bbox"]
+        (str(b["label"]), float(b["xmin"]), float(b["ymin"]), float(b["xmax"]), float(b["ymax"]))
+        for b in entry["bbox"]
     )
     return {"box_size": (int(entry["height"]), int(entry["width"])), "boxes": boxes}
 
@@ -186,9 +198,9 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     image_rel = file_of(item, "image")
     image, intensity = load_image(existing(raw_root, image_rel), image_rel, grey=opts.grey)
     frame = Frame(item=item, image=image, intensity=intensity)
-    mask_files = [(f.role, f.path) for f in item.files if f.role.startswith("mask:")]
+    mask_files = files_of(item, "mask")
     if mask_files:
-        _add_masks(frame, spec, opts, raw_root, mask_files)
+        _add_masks(frame, spec, opts, raw_root, item, mask_files)
     elif "boxes" in item.meta_dict():
         frame.boxes = _boxes(spec, item, frame.shape)
     elif opts.require_annotation:
@@ -196,20 +208,28 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     yield frame
 
 
-def _add_masks(frame: Frame, spec: DatasetSpec, opts: RasterOptions, raw_root: Path, mask_files) -> None:
-    patterns = opts.mask_patterns()
-    for role, rel in mask_files:
+def _add_masks(
+    frame: Frame,
+    spec: DatasetSpec,
+    opts: RasterOptions,
+    raw_root: Path,
+    item: SourceItem,
+    mask_files: list[str],
+) -> None:
+    labels = item.meta_dict().get("mask_labels", ())
+    for n, rel in enumerate(mask_files):
         mask = load_mask(existing(raw_root, rel), rel)
         if mask.shape != frame.shape:
             raise ReadError("shape_mismatch", f"mask {mask.shape[:2]} != image {frame.shape} ({rel})")
         if opts.mask_mode == "threshold":
-            label = _threshold_label(spec, opts, patterns[int(role.split(":")[1])])
-            frame.masks.append((label, mask > opts.threshold))
+            frame.masks.append((labels[n], mask > opts.threshold))
         else:
             _merge_label_map(frame, spec, opts, mask, rel)
 
 
-def _merge_label_map(frame: Frame, spec: DatasetSpec, opts: RasterOptions, mask: np.ndarray, rel: str) -> None:
+def _merge_label_map(
+    frame: Frame, spec: DatasetSpec, opts: RasterOptions, mask: np.ndarray, rel: str
+) -> None:
     present = np.unique(mask).tolist()
     unknown = [v for v in present if v not in opts.values]
     if unknown:
@@ -228,5 +248,9 @@ def _boxes(spec: DatasetSpec, item: SourceItem, shape: tuple[int, int]) -> list[
     meta = item.meta_dict()
     size = tuple(meta.get("box_size") or shape)
     if size != shape:
-        raise ReadError("shape_mismatch", f"boxes drawn on {size[0]}x{size[1]}, image is {shape[0]}x{shape[1]}")
-    return [Box(resolve_label(spec, label).label, (x0, y0, x1, y1)) for label, x0, y0, x1, y1 in meta["boxes"]]
+        raise ReadError(
+            "shape_mismatch", f"boxes drawn on {size[0]}x{size[1]}, image is {shape[0]}x{shape[1]}"
+        )
+    return [
+        Box(resolve_label(spec, label).label, (x0, y0, x1, y1)) for label, x0, y0, x1, y1 in meta["boxes"]
+    ]

@@ -117,7 +117,11 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
     fallback_dir = literal_dir(opts.first_glob())
     items = []
     for name in names:
-        path = on_disk[name].relative_to(root).as_posix() if name in on_disk else (fallback_dir / name).as_posix()
+        path = (
+            on_disk[name].relative_to(root).as_posix()
+            if name in on_disk
+            else (fallback_dir / name).as_posix()
+        )
         row = rows.get(name)
         error = errors.get(name)
         if opts.image_table is not None and row is None:
@@ -150,7 +154,9 @@ def _read_csv(root: Path, name: str) -> list[list[str]]:
         raise ReadError("unreadable_table", f"{name}: {type(e).__name__}: {e}") from None
 
 
-def _image_rows(root: Path, table: ImageTable, errors: dict[str, tuple[str, str]]) -> dict[str, dict[str, str]]:
+def _image_rows(
+    root: Path, table: ImageTable, errors: dict[str, tuple[str, str]]
+) -> dict[str, dict[str, str]]:
     """Image name → {column: value}. Empty header names (a trailing comma) are no column."""
     lines = _read_csv(root, table.file)
     if not lines:
@@ -158,7 +164,10 @@ def _image_rows(root: Path, table: ImageTable, errors: dict[str, tuple[str, str]
     header = lines[0]
     for col in (table.image_column, table.labels_column, table.study_column, table.report_column):
         if col is not None and col not in header:
-            raise ReadError("bad_option", f"{table.file} has no column '{col}' (header: {', '.join(h for h in header if h)})")
+            raise ReadError(
+                "bad_option",
+                f"{table.file} has no column '{col}' (header: {', '.join(h for h in header if h)})",
+            )
     rows: dict[str, dict[str, str]] = {}
     for cells in lines[1:]:
         if not any(cells):
@@ -226,7 +235,9 @@ def _split_lists(root: Path, lists: dict[str, str], errors: dict[str, tuple[str,
             if not image:
                 continue
             if out.setdefault(image, split) != split:
-                errors.setdefault(image, ("bad_split", f"{image} is in both the {out[image]} and {split} lists"))
+                errors.setdefault(
+                    image, ("bad_split", f"{image} is in both the {out[image]} and {split} lists")
+                )
     return out
 
 
@@ -239,7 +250,10 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     rel = file_of(item, "image")
     image, intensity = load_image(existing(raw_root, rel), rel, grey=opts.grey)
     meta = item.meta_dict()
-    boxes = [Box(resolve_label(spec, label).label, (x0, y0, x1, y1)) for label, x0, y0, x1, y1 in meta.get("boxes", ())]
+    boxes = [
+        Box(resolve_label(spec, label).label, (x0, y0, x1, y1))
+        for label, x0, y0, x1, y1 in meta.get("boxes", ())
+    ]
     yield Frame(
         item=item,
         image=image,

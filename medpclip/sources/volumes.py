@@ -81,7 +81,9 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
     opts = parse_options(spec, VolumeOptions)
     pairs = _msd_pairs(root, opts) if opts.layout == "msd" else _glob_pairs(root, opts)
     items = [
-        make_item(spec, case, (SourceFile("image", raw_path(spec, img)), SourceFile("label", raw_path(spec, lab))))
+        make_item(
+            spec, case, (SourceFile("image", raw_path(spec, img)), SourceFile("label", raw_path(spec, lab)))
+        )
         for case, img, lab in pairs
     ]
     yield from sorted_items(items)
@@ -101,7 +103,9 @@ def _msd_pairs(root: Path, opts: VolumeOptions) -> list[tuple[str, PurePosixPath
 
 def _glob_pairs(root: Path, opts: VolumeOptions) -> list[tuple[str, PurePosixPath, PurePosixPath]]:
     assert opts.images is not None and opts.labels is not None  # checked by VolumeOptions
-    label_files = {p.resolve() for p in glob_files(root, opts.labels.replace("{stem}", "*").replace("{case}", "*"))}
+    label_files = {
+        p.resolve() for p in glob_files(root, opts.labels.replace("{stem}", "*").replace("{case}", "*"))
+    }
     out = []
     for path in glob_files(root, opts.images):
         if path.resolve() in label_files:  # images and labels in one folder: a label is not a case
@@ -134,7 +138,9 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
         raise ReadError("shape_mismatch", f"image {image.shape} != label {labels.shape} ({image_rel})")
     image_axes, label_axes = nib.aff2axcodes(image_img.affine), nib.aff2axcodes(label_img.affine)
     if image_axes != label_axes:  # one of the two affines is wrong; we cannot tell which
-        raise ReadError("geometry_mismatch", f"image axes {''.join(image_axes)} != label axes {''.join(label_axes)}")
+        raise ReadError(
+            "geometry_mismatch", f"image axes {''.join(image_axes)} != label axes {''.join(label_axes)}"
+        )
 
     # Both grids are the same (checked above), so the image's affine orients both; zooms come from it too.
     image, zooms = reorient_canonical(image, image_img.affine)
@@ -189,7 +195,9 @@ def _image_array(img: nib.spatialimages.SpatialImage, rel: str, channel: int | N
     shape = _spatial(img.shape)
     if len(shape) == 4:
         if channel is None:
-            raise ReadError("bad_dimensions", f"{rel}: 4D image with {shape[3]} channels needs option 'channel'")
+            raise ReadError(
+                "bad_dimensions", f"{rel}: 4D image with {shape[3]} channels needs option 'channel'"
+            )
         if not 0 <= channel < shape[3]:
             raise ReadError("bad_dimensions", f"{rel}: channel {channel} of {shape[3]} does not exist")
         return _voxels(img, rel, channel).reshape(shape[:3])
@@ -217,7 +225,9 @@ def _label_array(img: nib.spatialimages.SpatialImage, rel: str, spec: DatasetSpe
     allowed = {0, *spec.label_by_value()}
     unknown = sorted(set(present) - allowed)
     if unknown:
-        raise ReadError("bad_label_value", f"{rel}: values {unknown[:10]} are not label values of spec '{spec.name}'")
+        raise ReadError(
+            "bad_label_value", f"{rel}: values {unknown[:10]} are not label values of spec '{spec.name}'"
+        )
     top = max(present, default=0)
     return data.astype(np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.int32, copy=False)
 
