@@ -18,9 +18,9 @@ setup: $(STAMP)
 # torch pin repeated so nothing pulls another build (README, "Operations").
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]' torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -qq --upgrade pip
+	$(PIP) install -qq torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -qq -c constraints.txt -e '.[dev]' torch==2.14.1 torchvision==0.29.1
 	$(PIP) check
 	touch $(STAMP)
 
@@ -29,7 +29,7 @@ demo: setup
 	$(VENV)/bin/medpclip build --spec demo_ct,demo_polyp,demo_cxr --raw-root $(DEMO)/raw --out $(DEMO)/corpus --max-side 512
 	$(VENV)/bin/medpclip validate --corpus $(DEMO)/corpus
 	$(VENV)/bin/medpclip query --corpus $(DEMO)/corpus \
-	  "SELECT dataset, split, count(DISTINCT key) AS samples, count(*) AS regions FROM regions GROUP BY ALL ORDER BY ALL"
+	  "SELECT dataset, split, count(*) AS samples, sum(n_regions) AS regions FROM samples GROUP BY ALL ORDER BY ALL"
 	@echo "demo corpus: $(abspath $(DEMO)/corpus)   (try: $(VENV)/bin/medpclip query --corpus $(DEMO)/corpus \"SELECT * FROM concepts\")"
 
 test: setup

@@ -551,6 +551,10 @@ def run_units(
     try:
         import ray.data
 
+        # Our own per-unit progress replaces Ray Data's bars and chatter on the console; Ray Data still logs
+        # everything to its session log (ray-data.log).
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
