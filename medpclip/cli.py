@@ -96,7 +96,8 @@ def build(
         _fail(str(e), code=1)
     _print_summary(result.build)
     console.print(
-        f"corpus: {result.out}  ({result.units_run} units built, {result.units_skipped} kept, {result.seconds:.1f}s)",
+        f"corpus: {result.out}  ({result.units_run} units built on {len(result.nodes)} Ray node(s), "
+        f"{result.units_skipped} kept, {result.seconds:.1f}s)",
         highlight=False,
     )
 

@@ -12,8 +12,9 @@ import webdataset as wds
 from typer.testing import CliRunner
 
 from medpclip.cli import app
-from medpclip.corpus.build import build_corpus, marker_path
+from medpclip.corpus.build import build_corpus
 from medpclip.corpus.inspect import check_corpus, load_sample
+from medpclip.corpus.unit import marker_path
 from medpclip.regions import decode_rle
 from medpclip.specs import resolve_specs
 from medpclip.warehouse import query

@@ -161,6 +161,29 @@ MANIFESTS: dict[str, pa.Schema] = {
 }
 
 
+def reject_row(
+    dataset: str,
+    unit: int,
+    stage: str,
+    reason: str,
+    detail: str,
+    path: str | None = None,
+    key: str | None = None,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """One row of the rejects manifest: what was refused, at which stage, why."""
+    return {
+        "dataset": dataset,
+        "unit": unit,
+        "stage": stage,
+        "reason": reason,
+        "detail": detail,
+        "path": path,
+        "key": key,
+        "label": label,
+    }
+
+
 def table(kind: str, rows: list[dict[str, Any]]) -> pa.Table:
     """Rows → a table with the manifest's exact schema (missing optional fields become null)."""
     schema = MANIFESTS[kind]

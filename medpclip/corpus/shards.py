@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medpclip.corpus.schema import stable_json
+from medpclip.faults import fault_point
 
 TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed, and not 0, which some tools show as "missing"
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
@@ -106,6 +107,7 @@ class ShardWriter:
             self._tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
         self._count += 1
         self._last_key = key
+        fault_point("shard.sample")
         return shard
 
     def _close_part(self) -> None:
@@ -117,6 +119,7 @@ class ShardWriter:
         size = self._file.tell()
         self._file.close()
         final = self.root / self._rel(self._part)
+        fault_point("shard.close")
         os.replace(self._tmp, final)
         self.shards.append(ShardInfo(self._rel(self._part), self._count, size, self._hash.hexdigest()))
         self._tar = None

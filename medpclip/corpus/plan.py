@@ -1,0 +1,187 @@
+"""Plan a build: specs → discovered items → deterministic work units, each with a fingerprint.
+
+Planning runs on the driver and reads no pixels: discovery lists cases, cases are ordered by key (so every
+unit writes ascending keys), cut into units, and each unit gets a fingerprint of everything that decides its
+bytes (spec, items, code version, parameters). A unit whose marker carries that fingerprint is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medpclip import __version__
+from medpclip.corpus import schema
+from medpclip.corpus.sample import SampleParams
+from medpclip.corpus.schema import reject_row
+from medpclip.corpus.shards import DEFAULT_SHARD_BYTES
+from medpclip.frame import ReadError, SourceFile, SourceItem
+from medpclip.sources import get_reader
+from medpclip.specs import DatasetSpec
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+# Modules whose code decides the bytes of a sample; a change to any of them changes every fingerprint.
+_OUTPUT_CODE = ("frame.py", "imaging.py", "regions.py", "specs.py", "sources", "text", "corpus")
+# Items per unit by family: a few volumes (hundreds of slices each) or a few thousand 2D images.
+_UNIT_ITEMS_DEFAULT = {"volumes": 4, "raster": 2000, "tables": 2000}
+_UNIT_ITEMS_FALLBACK = 64
+
+
+class BuildError(RuntimeError):
+    """Nothing could run (bad arguments, no readable dataset): the CLI prints it as one line."""
+
+
+@dataclass(frozen=True)
+class BuildParams:
+    max_side: int = 1024
+    id_salt: str = "medpclip-ids-v1"
+    shard_max_bytes: int = DEFAULT_SHARD_BYTES
+
+    def sample_params(self) -> SampleParams:
+        return SampleParams(max_side=self.max_side, id_salt=self.id_salt)
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    dataset: str
+    unit: int
+    spec_json: str
+    items: tuple[SourceItem, ...]
+    raw_root: str
+    out: str
+    params: BuildParams
+    fingerprint: str
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> WorkUnit:
+        d = json.loads(text)
+        items = tuple(
+            SourceItem(
+                dataset=i["dataset"],
+                case_id=i["case_id"],
+                files=tuple(SourceFile(**f) for f in i["files"]),
+                patient_id=i["patient_id"],
+                study_id=i["study_id"],
+                official_split=i["official_split"],
+                meta=tuple((k, v) for k, v in i["meta"]),
+            )
+            for i in d["items"]
+        )
+        return WorkUnit(
+            dataset=d["dataset"],
+            unit=d["unit"],
+            spec_json=d["spec_json"],
+            items=items,
+            raw_root=d["raw_root"],
+            out=d["out"],
+            params=BuildParams(**d["params"]),
+            fingerprint=d["fingerprint"],
+        )
+
+
+@dataclass
+class Plan:
+    out: Path
+    params: BuildParams
+    units: list[WorkUnit]
+    rejects: dict[str, list[dict[str, Any]]]  # dataset → plan-stage reject rows
+    specs: list[DatasetSpec]
+
+
+# --- plan ------------------------------------------------------------------------------------------------
+
+
+def code_version() -> str:
+    """Hash of the code that decides output bytes (so a code change rebuilds, a docs change does not)."""
+    h = hashlib.sha256(__version__.encode())
+    for name in _OUTPUT_CODE:
+        p = PACKAGE_DIR / name
+        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.relative_to(PACKAGE_DIR)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _item_fingerprint(item: SourceItem, raw_root: Path) -> list[Any]:
+    """Identity of an item's inputs without reading them: relative paths and sizes (not mtimes, so a raw
+    root copied elsewhere resumes instead of rebuilding). Content hashes are computed while reading."""
+    sizes = []
+    for f in item.files:
+        try:
+            sizes.append((f.path, (raw_root / f.path).stat().st_size))
+        except OSError:
+            sizes.append((f.path, None))
+    return [item.case_id, sizes, list(item.meta), item.patient_id, item.official_split]
+
+
+def plan_build(specs: list[DatasetSpec], raw_root: Path, out: Path, params: BuildParams) -> Plan:
+    code = code_version()
+    units: list[WorkUnit] = []
+    rejects: dict[str, list[dict[str, Any]]] = {}
+    for spec in specs:
+        rows = rejects.setdefault(spec.name, [])
+        root = raw_root / spec.root
+        if not root.is_dir():
+            rows.append(
+                reject_row(
+                    spec.name,
+                    -1,
+                    "plan",
+                    "missing_root",
+                    f"no folder '{spec.root}' under the raw root",
+                    spec.root,
+                )
+            )
+            continue
+        reader = get_reader(spec.format.family)
+        try:
+            items = list(reader.discover(spec, root))
+        except ReadError as e:
+            rows.append(reject_row(spec.name, -1, "plan", e.reason, e.detail, spec.root))
+            continue
+        # Cases run in key order, so the keys a unit writes ascend (DESIGN §4: members sorted by key).
+        items.sort(key=lambda i: schema.key_prefix(spec.name, i.case_id))
+        unique: list[SourceItem] = []
+        seen: dict[str, str] = {}
+        for item in items:
+            prefix = schema.key_prefix(spec.name, item.case_id)
+            if prefix in seen:
+                rows.append(
+                    reject_row(
+                        spec.name,
+                        -1,
+                        "plan",
+                        "duplicate_key",
+                        f"case '{item.case_id}' maps to the same key as '{seen[prefix]}'",
+                        item.files[0].path,
+                    )
+                )
+                continue
+            seen[prefix] = item.case_id
+            unique.append(item)
+        per_unit = spec.unit_items or _UNIT_ITEMS_DEFAULT.get(spec.format.family, _UNIT_ITEMS_FALLBACK)
+        spec_json = spec.model_dump_json()
+        for n, start in enumerate(range(0, len(unique), per_unit)):
+            chunk = tuple(unique[start : start + per_unit])
+            fp = hashlib.sha256(
+                json.dumps(
+                    [
+                        spec_json,
+                        code,
+                        dataclasses.asdict(params),
+                        [_item_fingerprint(i, raw_root) for i in chunk],
+                    ],
+                    sort_keys=True,
+                    default=str,
+                ).encode()
+            ).hexdigest()
+            units.append(WorkUnit(spec.name, n, spec_json, chunk, str(raw_root), str(out), params, fp))
+    return Plan(out=out, params=params, units=units, rejects=rejects, specs=specs)

@@ -1,0 +1,334 @@
+"""Run one work unit (inside a Ray task): read its cases, harmonise every frame, write shards and manifests,
+and write the unit's marker LAST.
+
+Every file goes under a temporary name and is renamed when complete; a rerun of a unit first removes what an
+earlier, interrupted run of it left (marker first), so a unit's files are always all from one run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from medpclip.corpus import schema
+from medpclip.corpus.plan import Plan, WorkUnit
+from medpclip.corpus.sample import make_sample
+from medpclip.corpus.schema import reject_row
+from medpclip.corpus.shards import ShardInfo, ShardWriter, atomic_write_json, load_json
+from medpclip.corpus.split import assign_split
+from medpclip.faults import fault_point
+from medpclip.frame import ReadError
+from medpclip.sources import get_reader
+from medpclip.specs import DatasetSpec
+
+log = logging.getLogger("medpclip.build")
+
+
+def marker_path(out: Path, dataset: str, unit: int) -> Path:
+    return out / "manifests" / "units" / dataset / f"{unit:05d}.json"
+
+
+def _unit_outputs(out: Path, dataset: str, unit: str) -> Iterator[Path]:
+    """Every file a unit writes (``unit`` may be a glob). The marker comes first: removing it first means a
+    crash halfway through the removal leaves the unit 'not done', never 'done with files missing'."""
+    yield from (out / "manifests" / "units" / dataset).glob(f"{unit}.json")
+    yield from (out / "shards" / dataset).glob(f"*/*-{unit}-[0-9][0-9].tar")
+    for kind in schema.MANIFESTS:
+        yield from (out / "manifests" / kind / dataset).glob(f"{unit}.parquet")
+
+
+def remove_unit_outputs(out: Path, dataset: str, unit: int) -> None:
+    for p in list(_unit_outputs(out, dataset, f"{unit:05d}")):
+        p.unlink(missing_ok=True)
+
+
+def remove_stale_units(out: Path, plan: Plan) -> int:
+    """Files of units a dataset no longer has (it shrank, or its unit size changed)."""
+    wanted = {(u.dataset, f"{u.unit:05d}") for u in plan.units}
+    n = 0
+    for spec in plan.specs:
+        for p in list(_unit_outputs(out, spec.name, "[0-9][0-9][0-9][0-9][0-9]")):
+            unit = p.stem.split("-")[1] if p.suffix == ".tar" else p.stem
+            if (spec.name, unit) not in wanted:
+                p.unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_parquet(path: Path, kind: str, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # No statistics timestamps or writer-version drift within a pinned pyarrow: same rows → same bytes.
+    pq.write_table(schema.table(kind, rows), tmp, compression="zstd", write_statistics=True)
+    fault_point("manifest.write")
+    os.replace(tmp, path)
+
+
+def run_unit(unit: WorkUnit) -> dict[str, Any]:
+    """Process one unit end to end; returns its marker (the unit's stats). Never raises for bad data: an
+    item that cannot be read, or a frame that cannot be harmonised, becomes a reject row."""
+    out = Path(unit.out)
+    marker = marker_path(out, unit.dataset, unit.unit)
+    if marker.is_file():
+        try:
+            existing = load_json(marker)
+            if existing.get("fingerprint") == unit.fingerprint:
+                return {**existing, "skipped": True}
+        except (OSError, ValueError):
+            pass  # an unreadable marker means an unfinished unit: redo it
+
+    started = time.perf_counter()
+    remove_unit_outputs(out, unit.dataset, unit.unit)
+    spec = DatasetSpec.model_validate_json(unit.spec_json)
+    reader = get_reader(spec.format.family)
+    raw_root = Path(unit.raw_root)
+    sample_params = unit.params.sample_params()
+    writers: dict[str, ShardWriter] = {}
+    samples: list[dict[str, Any]] = []
+    region_rows: list[dict[str, Any]] = []
+    source_rows: list[dict[str, Any]] = []
+    reject_rows: list[dict[str, Any]] = []
+    drop_counts: Counter[str] = Counter()
+    n_empty = n_rejected_items = 0
+
+    for item in unit.items:
+        case_hash = schema.hash_id(unit.params.id_salt, spec.name, item.case_id)
+        files = []
+        try:
+            for f in item.files:
+                p = raw_root / f.path
+                files.append(
+                    {"role": f.role, "path": f.path, "sha256": _sha256_file(p), "bytes": p.stat().st_size}
+                )
+        except OSError as e:
+            reject_rows.append(
+                reject_row(
+                    spec.name,
+                    unit.unit,
+                    "read",
+                    "missing_file",
+                    f"{type(e).__name__}: {e.strerror or e}",
+                    f.path,
+                )
+            )
+            n_rejected_items += 1
+            source_rows.extend(_source_rows(spec.name, unit.unit, case_hash, item, files, "rejected", 0))
+            continue
+        record_files = [{"role": f["role"], "path": f["path"], "sha256": f["sha256"]} for f in files]
+        try:
+            split = assign_split(spec.split, spec.name, item.patient_id, item.official_split)
+            case_samples, case_regions, case_drops, empty = _harmonise_case(
+                reader, spec, raw_root, item, split, record_files, sample_params, unit.unit
+            )
+        except ReadError as e:
+            reject_rows.append(
+                reject_row(spec.name, unit.unit, "read", e.reason, e.detail, item.files[0].path)
+            )
+            n_rejected_items += 1
+            source_rows.extend(_source_rows(spec.name, unit.unit, case_hash, item, files, "rejected", 0))
+            continue
+        except Exception as e:  # noqa: BLE001 — a bug or a format we do not know must not stop the build
+            log.exception("unexpected error on %s", item.files[0].path)
+            reject_rows.append(
+                reject_row(
+                    spec.name,
+                    unit.unit,
+                    "read",
+                    "unexpected_error",
+                    f"{type(e).__name__}: {e}",
+                    item.files[0].path,
+                )
+            )
+            n_rejected_items += 1
+            source_rows.extend(_source_rows(spec.name, unit.unit, case_hash, item, files, "rejected", 0))
+            continue
+        n_empty += empty
+        for drop_row in case_drops:
+            drop_counts[drop_row["reason"]] += 1
+        reject_rows.extend(case_drops)
+        # Only now, with the whole case harmonised, do its samples reach the shards: a case is all or nothing.
+        for s in case_samples:
+            split_writer = writers.get(s.record["split"])
+            if split_writer is None:
+                split_writer = writers[s.record["split"]] = ShardWriter(
+                    out,
+                    f"shards/{spec.name}/{s.record['split']}",
+                    s.record["split"],
+                    unit.unit,
+                    unit.params.shard_max_bytes,
+                )
+            shard = split_writer.write(s.key, s.members())
+            samples.append(_sample_row(s, shard, unit.unit, case_hash))
+        region_rows.extend(case_regions)
+        source_rows.extend(
+            _source_rows(spec.name, unit.unit, case_hash, item, files, "ok", len(case_samples))
+        )
+
+    shards: list[ShardInfo] = []
+    for split_name in sorted(writers):
+        shards.extend(writers[split_name].close())
+    for kind, rows in (
+        ("samples", samples),
+        ("regions", region_rows),
+        ("sources", source_rows),
+        ("rejects", reject_rows),
+    ):
+        write_parquet(out / "manifests" / kind / spec.name / f"{unit.unit:05d}.parquet", kind, rows)
+
+    stats = {
+        "dataset": spec.name,
+        "unit": unit.unit,
+        "fingerprint": unit.fingerprint,
+        "n_items": len(unit.items),
+        "n_items_rejected": n_rejected_items,
+        "n_samples": len(samples),
+        "n_regions": len(region_rows),
+        "n_rejects": len(reject_rows),
+        "n_empty_frames_skipped": n_empty,
+        "samples_by_split": dict(sorted(Counter(s["split"] for s in samples).items())),
+        "regions_by_kind": dict(sorted(Counter(r["kind"] for r in region_rows).items())),
+        "region_drops": dict(sorted(drop_counts.items())),
+        "shards": [dataclasses.asdict(s) for s in shards],
+    }
+    fault_point("unit.marker")
+    atomic_write_json(marker, stats)  # last: the unit is done
+    fault_point("unit.done")
+    return {**stats, "skipped": False, "seconds": time.perf_counter() - started, "node": _node_id()}
+
+
+def _node_id() -> str:
+    """The Ray node this unit ran on (reported, never written: the corpus must not depend on placement)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
+def _harmonise_case(reader, spec, raw_root, item, split, record_files, sample_params, unit_no):
+    """All frames of one case → samples sorted by key, their region rows and drop rows."""
+    built = []
+    drops: list[dict[str, Any]] = []
+    empty = 0
+    for frame in reader.read(spec, raw_root, item):
+        key = schema.sample_key(spec.name, item.case_id, frame.plane, frame.slice_index)
+        sample, frame_drops = make_sample(
+            frame, spec, sample_params, key=key, split=split, source_files=record_files
+        )
+        drops.extend(
+            reject_row(spec.name, unit_no, "region", d.reason, d.detail, item.files[0].path, key, d.label)
+            for d in frame_drops
+        )
+        if sample is None:
+            empty += 1
+            continue
+        built.append(sample)
+    built.sort(key=lambda s: s.key)
+    for a, b in zip(built, built[1:], strict=False):
+        if a.key == b.key:
+            raise ReadError("duplicate_key", f"two frames of case '{item.case_id}' map to key {a.key}")
+    region_rows = [_region_row(s.record, r) for s in built for r in s.record["regions"]]
+    return built, region_rows, drops, empty
+
+
+def _sample_row(s, shard: str, unit_no: int, case_hash: str) -> dict[str, Any]:
+    r = s.record
+    spacing = r["spacing_mm"] or [None, None]
+    first = r["source"]["files"][0]
+    return {
+        "key": r["key"],
+        "dataset": r["dataset"],
+        "split": r["split"],
+        "modality": r["modality"],
+        "body_part": r["body_part"],
+        "plane": r["plane"],
+        "slice_index": r["slice_index"],
+        "width": r["width"],
+        "height": r["height"],
+        "channels": r["channels"],
+        "spacing_row_mm": spacing[0],
+        "spacing_col_mm": spacing[1],
+        "intensity": r["intensity"],
+        "patient_id": r["patient_id"],
+        "study_id": r["study_id"],
+        "case_id_hash": case_hash,
+        "source_path": first["path"],
+        "source_sha256": first["sha256"],
+        "caption": r["caption"],
+        "image_labels": r["image_labels"],
+        "report_text": (r["report"] or {}).get("text"),
+        "n_regions": len(r["regions"]),
+        "pixel_sha256": s.pixel_sha256,
+        "png_bytes": len(s.png),
+        "shard": shard,
+        "unit": unit_no,
+    }
+
+
+def _region_row(record: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
+    x0, y0, x1, y1 = r["bbox"]
+    return {
+        "key": record["key"],
+        "rid": r["rid"],
+        "dataset": record["dataset"],
+        "split": record["split"],
+        "modality": record["modality"],
+        "body_part": record["body_part"],
+        "plane": record["plane"],
+        "label": r["label"],
+        "name": r["name"],
+        "category": r["category"],
+        "cui": r["cui"],
+        "semantic_types": r["semantic_types"],
+        "kind": r["kind"],
+        "instance": r["instance"],
+        "area_px": r["area_px"],
+        "area_fraction": r["area_px"] / (record["width"] * record["height"]),
+        "x0": x0,
+        "y0": y0,
+        "x1": x1,
+        "y1": y1,
+        "n_points": len(r["points"]),
+        "has_mask": "mask_rle" in r,
+        "annotator": r["annotator"],
+        "patient_id": record["patient_id"],
+    }
+
+
+def _source_rows(dataset, unit_no, case_hash, item, files, status, n_samples) -> list[dict[str, Any]]:
+    known = {f["path"]: f for f in files}
+    return [
+        {
+            "dataset": dataset,
+            "unit": unit_no,
+            "case_id_hash": case_hash,
+            "role": f.role,
+            "path": f.path,
+            "bytes": known.get(f.path, {}).get("bytes"),
+            "sha256": known.get(f.path, {}).get("sha256"),
+            "status": status,
+            "n_samples": n_samples,
+        }
+        for f in item.files
+    ]
+
+
+def run_unit_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Ray Data adapter: a row holding a unit as JSON → a row holding its stats as JSON."""
+    return {"stats": json.dumps(run_unit(WorkUnit.from_json(row["unit"])), sort_keys=True)}
