@@ -211,6 +211,25 @@ def validate_corpus(corpus: Annotated[Path, typer.Option("--corpus")]) -> None:
     raise typer.Exit(0 if not report.problems else 1)
 
 
+# --- orchestration ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    project: Annotated[
+        Path | None,
+        typer.Option("--project", help="folder holding prefect.yaml and flows/ (default: this checkout)"),
+    ] = None,
+) -> None:
+    """Serve every deployment of prefect.yaml from this process (needs PREFECT_API_URL to reach a server)."""
+    from medpclip.orchestration import DeploymentError, serve_deployments
+
+    try:
+        serve_deployments(project)
+    except DeploymentError as e:
+        _fail(str(e))
+
+
 # --- specs, demo data -------------------------------------------------------------------------------------
 
 

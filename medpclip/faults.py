@@ -6,7 +6,9 @@ Armed only by the environment, so production code paths are the tested ones:
 - ``MEDPCLIP_FAULT="<point>[:<n>]"`` kills the process the n-th time (default: the first) it reaches
   ``fault_point("<point>")``;
 - ``MEDPCLIP_FAULT_TARGET=driver`` first kills the build's driver (``MEDPCLIP_DRIVER_PID``, set by
-  ``ray_session``), so a point inside a Ray worker takes the whole build down, as a power cut would.
+  ``ray_session``), so a point inside a Ray worker takes the whole build down, as a power cut would;
+- ``MEDPCLIP_FAULT_ONCE=<path>`` fires at most once across processes (the path is created first): a Ray
+  worker killed mid-unit is retried in a fresh process, which must then run through.
 
 Unarmed, a fault point costs one environment look-up.
 """
@@ -30,6 +32,12 @@ def fault_point(name: str) -> None:
     _reached[name] += 1
     if _reached[name] != int(nth or 1):
         return
+    once = os.environ.get("MEDPCLIP_FAULT_ONCE")
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
     if os.environ.get("MEDPCLIP_FAULT_TARGET") == "driver":
         driver = int(os.environ.get("MEDPCLIP_DRIVER_PID") or 0)
         if driver and driver != os.getpid():

@@ -18,6 +18,7 @@ def ray_session():
     import ray
 
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         object_store_memory=200 * 1024 * 1024,

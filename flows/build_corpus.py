@@ -1,0 +1,171 @@
+"""Prefect flow ``build-corpus``: the same build as ``medpclip build``, step by step, visible in the Prefect UI.
+
+Thin by design: every task calls one medpclip function and returns a small summary. Ray does the heavy work
+(a local Ray, or the cluster at ``ray_address`` / ``RAY_ADDRESS``); Prefect adds retries, logs, a progress
+artifact updated as units finish, and a table artifact with the totals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NONE
+
+from medpclip.corpus.build import BuildError, Plan, finish_build, prepare_build, ray_session, run_units
+from medpclip.corpus.inspect import check_corpus
+from medpclip.specs import DatasetSpec, resolve_specs
+from medpclip.warehouse import query
+
+
+@task(name="write-demo-data", cache_policy=NONE)
+def write_demo_data_task(raw_root: str) -> list[str]:
+    from medpclip.demo import write_demo_data
+
+    return sorted(write_demo_data(Path(raw_root)))
+
+
+@task(name="validate-specs", cache_policy=NONE)
+def validate_specs(specs: str) -> list[DatasetSpec]:
+    """Refuse bad specs before any work starts (one-line reasons, as the CLI prints them)."""
+    return resolve_specs(specs)
+
+
+@task(name="plan", cache_policy=NONE)
+def plan_task(specs: list[DatasetSpec], raw_root: str, out: str, max_side: int, force: bool) -> Plan:
+    plan = prepare_build(specs, Path(raw_root), Path(out), max_side=max_side, force=force)
+    logger = get_run_logger()
+    for spec in specs:
+        n = sum(1 for u in plan.units if u.dataset == spec.name)
+        logger.info("%s: %d units, %d plan rejects", spec.name, n, len(plan.rejects.get(spec.name, [])))
+    return plan
+
+
+# Units are idempotent (a finished unit is kept, an unfinished one is redone from scratch), so a retry after a
+# lost Ray connection or a node failure only redoes what did not finish.
+@task(name="run-dataset", retries=2, retry_delay_seconds=10, cache_policy=NONE)
+def run_dataset(plan: Plan, dataset: str, progress_id: Any, done_before: int) -> dict[str, int]:
+    logger = get_run_logger()
+    units = [u for u in plan.units if u.dataset == dataset]
+    total = len(plan.units)
+    summary = {"units": 0, "kept": 0, "samples": 0, "regions": 0, "rejects": 0}
+    for stats in run_units(units):
+        summary["units"] += 1
+        summary["kept"] += bool(stats.get("skipped"))
+        for k in ("samples", "regions", "rejects"):
+            summary[k] += stats[f"n_{k}"]
+        logger.info(
+            "%s unit %05d: %d samples, %d regions, %d rejects%s",
+            dataset,
+            stats["unit"],
+            stats["n_samples"],
+            stats["n_regions"],
+            stats["n_rejects"],
+            " (kept)" if stats.get("skipped") else "",
+        )
+        update_progress_artifact(progress_id, progress=100.0 * (done_before + summary["units"]) / total)
+    return summary
+
+
+@task(name="finish", cache_policy=NONE)
+def finish_task(plan: Plan) -> dict[str, Any]:
+    return finish_build(plan)
+
+
+@task(name="warehouse-check", cache_policy=NONE)
+def warehouse_check(out: str) -> dict[str, int]:
+    """The corpus as DuckDB sees it: counts that must reconcile with the shards, and patient leakage."""
+    corpus = Path(out)
+    counts = {
+        name: query(corpus, f"SELECT count(*) FROM {name}")[1][0][0]
+        for name in ("samples", "regions", "rejects")
+    }
+    counts["shard_samples"] = query(corpus, "SELECT coalesce(sum(n_samples), 0) FROM shards")[1][0][0]
+    counts["patients_in_two_splits"] = query(
+        corpus,
+        "SELECT count(*) FROM (SELECT dataset, patient_id FROM samples GROUP BY ALL HAVING count(DISTINCT split) > 1)",
+    )[1][0][0]
+    if counts["samples"] != counts["shard_samples"] or counts["patients_in_two_splits"]:
+        raise BuildError(f"warehouse does not reconcile: {counts}")
+    return counts
+
+
+@task(name="qa-summary", cache_policy=NONE)
+def qa_summary(out: str, build: dict[str, Any]) -> dict[str, int]:
+    report = check_corpus(Path(out))
+    rows = [
+        {
+            "dataset": d["name"],
+            "licence": d["licence"],
+            "access": d["access"],
+            "samples": d["samples"],
+            **{f"{s}": d["samples_by_split"].get(s, 0) for s in ("train", "val", "test")},
+            "regions": d["regions"],
+            "rejects": d["rejects"],
+        }
+        for d in build["datasets"]
+    ]
+    create_table_artifact(rows, key="build-corpus-totals", description=f"Corpus totals: {out}")
+    lines = [
+        f"# Corpus `{out}`",
+        "",
+        f"- samples: **{build['totals']['samples']}**",
+        f"- regions: **{build['totals']['regions']}**",
+        f"- rejects: {build['totals']['rejects']}",
+        f"- shards: {build['totals']['shards']} ({build['totals']['shard_bytes'] / 2**20:.1f} MiB)",
+        f"- validate: {len(report.problems)} problems",
+    ]
+    lines += [f"  - {p}" for p in report.problems[:20]]
+    create_markdown_artifact(
+        "\n".join(lines), key="build-corpus-summary", description="medpclip build summary"
+    )
+    if report.problems:
+        raise BuildError(f"corpus check found {len(report.problems)} problems, e.g. {report.problems[0]}")
+    return {"shards": report.shards, "samples": report.samples, "regions": report.regions}
+
+
+@flow(name="build-corpus", log_prints=True)
+def build_corpus_flow(
+    specs: str,
+    raw_root: str,
+    out: str,
+    ray_address: str | None = None,
+    max_side: int = 1024,
+    force: bool = False,
+    write_demo_data: bool = False,
+) -> dict[str, Any]:
+    """Build (or resume) a corpus: validate specs → plan → one Ray run per dataset → finish → warehouse → QA.
+
+    ``specs`` is comma-separated names from ``dataset_specs/`` or YAML paths. Relative ``raw_root``/``out`` are
+    taken from the working directory of the process that runs the flow (``medpclip serve`` or a worker).
+    ``write_demo_data`` first writes the demo raw datasets into ``raw_root`` (the ``demo`` deployment).
+    """
+    raw_root, out = str(Path(raw_root).resolve()), str(Path(out).resolve())
+    if write_demo_data:
+        write_demo_data_task(raw_root)
+    spec_list = validate_specs(specs)
+    plan = plan_task(spec_list, raw_root, out, max_side, force)
+    progress_id = create_progress_artifact(0.0, key="build-corpus-progress", description=f"units done: {out}")
+    per_dataset: dict[str, dict[str, int]] = {}
+    done = 0
+    with ray_session(ray_address):
+        for spec in spec_list:
+            per_dataset[spec.name] = run_dataset(plan, spec.name, progress_id, done)
+            done += per_dataset[spec.name]["units"]
+    build = finish_task(plan)
+    counts = warehouse_check(out)
+    checked = qa_summary(out, build)
+    return {
+        "out": out,
+        "totals": build["totals"],
+        "datasets": per_dataset,
+        "warehouse": counts,
+        "checked": checked,
+    }

@@ -1,0 +1,281 @@
+"""Orchestration with real servers on loopback: a Prefect server + `medpclip serve` + `prefect deployment run`,
+a two-node Ray cluster + `ray job submit`, and SIGKILLed builds that resume to identical bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from procs import free_port, running, stop, wait_until
+
+from medpclip.corpus.build import build_corpus
+from medpclip.corpus.inspect import check_corpus
+from medpclip.specs import resolve_specs
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+DEMO_SPECS = "demo_ct,demo_polyp,demo_cxr"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_ADDRESS", "MEDPCLIP_"))}
+    env.update(
+        RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PREFECT_SERVER_ANALYTICS_ENABLED="false"
+    )
+    env.update(extra)
+    return env
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# --- Prefect ----------------------------------------------------------------------------------------------
+
+
+def test_prefect_deployment_run_builds_the_demo(tmp_path):
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = _env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api)
+    work = tmp_path / "work"
+    work.mkdir()
+    server_cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with running(server_cmd, tmp_path / "server.log", env=env) as server:
+        wait_until(lambda: _http_ok(f"{api}/health"), 120, "prefect server", server)
+        with running([str(BIN / "medpclip"), "serve"], tmp_path / "serve.log", env=env, cwd=work) as serve:
+
+            def deployed() -> bool:
+                ls = subprocess.run(
+                    [str(BIN / "prefect"), "deployment", "ls"], env=env, capture_output=True, text=True
+                )
+                return "build-corpus/demo" in ls.stdout and "build-corpus/default" in ls.stdout
+
+            wait_until(deployed, 120, "served deployments", serve)
+            run = subprocess.run(
+                [str(BIN / "prefect"), "deployment", "run", "build-corpus/demo", "--watch"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+            assert "Completed" in run.stdout
+            # The artifacts the UI shows: the totals table and the summary, read back from the server's API.
+            req = urllib.request.Request(
+                f"{api}/artifacts/filter",
+                data=b"{}",
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=10) as r:
+                artifacts = {a["key"]: a for a in json.load(r)}
+            assert {"build-corpus-totals", "build-corpus-summary", "build-corpus-progress"} <= set(artifacts)
+            rows = json.loads(artifacts["build-corpus-totals"]["data"])
+            assert {row["dataset"]: row["samples"] for row in rows} == {
+                "demo_ct": 200,
+                "demo_polyp": 12,
+                "demo_cxr": 19,
+            }
+            assert artifacts["build-corpus-progress"]["data"] == 100.0
+    corpus = work / "demo" / "corpus"
+    report = check_corpus(corpus)
+    assert report.problems == [] and report.samples == 231  # 200 CT slices + 12 polyp + 19 CXR images
+
+
+# --- Ray cluster ------------------------------------------------------------------------------------------
+
+
+def test_ray_job_on_a_two_node_cluster(tmp_path, demo_raw):
+    gcs, dash = free_port(), free_port()
+    env = _env()
+    head_cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--port",
+        str(gcs),
+        "--num-cpus",
+        "1",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dash),
+        "--disable-usage-stats",
+    ]
+    node_cmd = [str(BIN / "ray"), "start", "--block", "--address", f"127.0.0.1:{gcs}", "--num-cpus", "1"]
+    out = tmp_path / "corpus"
+    with running(head_cmd, tmp_path / "head.log", env=env) as head:
+        wait_until(lambda: _http_ok(f"http://127.0.0.1:{dash}/api/version"), 120, "ray head", head)
+        with running(node_cmd, tmp_path / "node.log", env=env) as node:
+
+            def two_nodes() -> bool:
+                status = subprocess.run(
+                    [str(BIN / "ray"), "status", "--address", f"127.0.0.1:{gcs}"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
+                return status.stdout.count("node_") >= 2
+
+            wait_until(two_nodes, 120, "second ray node", node)
+            job = subprocess.run(
+                [
+                    str(BIN / "ray"),
+                    "job",
+                    "submit",
+                    "--address",
+                    f"http://127.0.0.1:{dash}",
+                    "--submission-id",
+                    f"medpclip-{tmp_path.name}",
+                    "--",
+                    sys.executable,
+                    "-m",
+                    "medpclip.jobs.build",
+                    "--spec",
+                    DEMO_SPECS,
+                    "--raw-root",
+                    str(demo_raw),
+                    "--out",
+                    str(out),
+                    "--max-side",
+                    "256",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+            assert "units built on 2 Ray node(s)" in job.stdout  # both nodes did work
+    assert check_corpus(out).problems == []
+
+
+# --- crashes and resume -----------------------------------------------------------------------------------
+
+# (fault point, n-th time reached, kill the driver from a worker?) — the moments a build can die.
+KILL_POINTS = [
+    ("shard.sample", 3, True),  # a tar half-written under its temporary name
+    ("shard.close", 1, True),  # a complete tar not yet renamed
+    ("manifest.write", 2, True),  # a Parquet manifest written, not renamed
+    ("unit.marker", 2, True),  # shards and manifests final, marker missing
+    ("unit.done", 1, True),  # between units
+    ("finish", 1, False),  # all units done, nothing of finish written
+    ("finish.indexes", 1, False),  # sizes.json written, build.json not
+]
+
+
+def _assert_no_partial_final_files(out: Path) -> None:
+    for p in out.rglob("*"):
+        if not p.is_file() or p.name.startswith("."):
+            continue  # temporaries are dot-files; the next build removes them
+        if p.suffix == ".tar":
+            with tarfile.open(p) as t:
+                t.getmembers()
+        elif p.suffix == ".parquet":
+            pq.read_table(p)
+        elif p.suffix == ".json":
+            json.loads(p.read_text())
+
+
+@pytest.mark.parametrize("point, nth, from_worker", KILL_POINTS, ids=[k[0] for k in KILL_POINTS])
+def test_sigkill_then_resume_gives_identical_bytes(point, nth, from_worker, demo_corpus, demo_raw, tmp_path):
+    out = tmp_path / "corpus"
+    env = _env(MEDPCLIP_FAULT=f"{point}:{nth}", MEDPCLIP_FAULT_ONCE=str(tmp_path / "fired"))
+    if from_worker:
+        env["MEDPCLIP_FAULT_TARGET"] = "driver"
+    proc = subprocess.Popen(
+        [
+            str(BIN / "medpclip"),
+            "build",
+            "--spec",
+            DEMO_SPECS,
+            "--raw-root",
+            str(demo_raw),
+            "--out",
+            str(out),
+            "--max-side",
+            "256",
+            "--num-cpus",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        log, _ = proc.communicate(timeout=600)
+    finally:
+        stop(proc, grace=5)  # the driver's local Ray: whatever survived the kill, by PID
+    assert proc.returncode == -9, log.decode()[-2000:]
+    assert (tmp_path / "fired").exists()
+    _assert_no_partial_final_files(out)
+    resumed = build_corpus(resolve_specs(DEMO_SPECS), demo_raw, out, max_side=256)
+    assert _tree_hashes(out) == _tree_hashes(demo_corpus.out)
+    assert resumed.units_skipped + resumed.units_run == 5
+
+
+def test_worker_killed_mid_unit_is_retried_by_ray(demo_corpus, demo_raw, tmp_path):
+    out = tmp_path / "corpus"
+    proc = subprocess.run(
+        [
+            str(BIN / "medpclip"),
+            "build",
+            "--spec",
+            DEMO_SPECS,
+            "--raw-root",
+            str(demo_raw),
+            "--out",
+            str(out),
+            "--max-side",
+            "256",
+            "--num-cpus",
+            "2",
+        ],
+        env=_env(MEDPCLIP_FAULT="shard.sample:2", MEDPCLIP_FAULT_ONCE=str(tmp_path / "fired")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "fired").exists()  # a worker really died mid-unit
+    assert _tree_hashes(out) == _tree_hashes(demo_corpus.out)
+
+
+def test_spec_change_rebuilds_only_that_dataset_and_force_rebuilds_all(demo_corpus, demo_raw, tmp_path):
+    out = tmp_path / "corpus"
+    shutil.copytree(demo_corpus.out, out)
+    spec_file = tmp_path / "demo_polyp.yaml"
+    text = (Path(__file__).parent.parent / "dataset_specs" / "demo_polyp.yaml").read_text()
+    spec_file.write_text(text.replace("min_pixels: 16", "min_pixels: 400"))
+    specs = resolve_specs(["demo_ct", str(spec_file), "demo_cxr"])
+    r = build_corpus(specs, demo_raw, out, max_side=256)
+    assert r.units_run == 1 and r.units_skipped == 4  # demo_polyp is one unit
+    changed = {k for k, v in _tree_hashes(out).items() if _tree_hashes(demo_corpus.out).get(k) != v}
+    assert changed and all(
+        "demo_polyp" in k or k in {"build.json", "sizes.json"} or k.startswith("wids-") for k in changed
+    )
+    r = build_corpus(specs, demo_raw, out, max_side=256, force=True)
+    assert r.units_run == 5 and r.units_skipped == 0
