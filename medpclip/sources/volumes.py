@@ -1,41 +1,79 @@
-"""NIfTI label-volume family: a 3D (or 4D) image and an integer label volume of the same grid per case.
+"""NIfTI volume family: a 3D (or 4D) image per case, annotated by one integer label volume on the same grid or
+by one binary mask volume per structure.
 
-Options (``spec.format.options``):
+Layouts (``spec.format.options.layout``) say how cases are found:
 
-- ``layout: msd`` — a Medical Segmentation Decathlon task: cases come from the ``training`` list of
-  ``dataset.json`` (option ``index``), never from a directory listing, which also keeps macOS ``._*`` files
-  out. The unlabelled ``test`` list is not read: without labels a case has no region.
-- ``layout: pairs`` — ``images: "<glob>"`` (relative to the dataset folder) and ``labels: "<pattern>"`` with
-  ``{stem}`` (the image file name without ``.nii.gz``/``.nii``) or ``{case}`` (the case id). ``case_regex``
-  (optional, group ``case``) turns a stem into the case id, e.g. ``^(?P<case>.+)_0000$`` for nnU-Net names.
-- ``channel: N`` — for 4D images, the channel to read (nibabel puts channels last). Required when the
-  image has more than one channel.
+- ``msd`` — from lists in an index file (``index``, default ``dataset.json``): Medical Segmentation Decathlon
+  tasks, AMOS22. ``lists`` maps list names to the official split of their cases (default
+  ``{training: null}``: MSD's only labelled list, no official split). Entries are ``{"image", "label"}``
+  with ``./`` paths; an entry without a label (MSD ``test`` lists plain path strings) is read only when a
+  label file ``labelsXx/<name>`` lies beside ``imagesXx/<name>``. Never a directory listing, which also keeps
+  macOS ``._*`` files out.
+- ``pairs`` — one case per image file: ``images`` (a glob) and ``labels`` or ``masks`` (patterns).
+  ``case_regex`` (group ``case``) turns the image's stem into the case id; images it does not match are not
+  cases. A label file whose image is missing still becomes a case, rejected as ``missing_file``.
+- ``cases`` — one case per folder: ``cases`` (a glob of folders; the folder name, or ``case_regex``'s group
+  ``case`` on it, is the case id), ``image`` and ``labels`` or ``masks`` (patterns).
 
-Reading: nibabel, labels through ``img.dataobj`` (float-stored labels are rounded), both volumes reoriented
-to RAS+ with the image's affine and cut into display slices along every plane of ``spec.slicing``. The
-label map stays raw: value 0 is background; every other value must be a ``value`` of a spec label.
-CT images are handed over in HU (``intensity="hu"``), everything else as ``raw``.
+Pattern placeholders: ``{case}``; ``{stem}`` (pairs: the image file name without ``.nii.gz``/``.nii``);
+``{dir}`` (the image's folder in pairs, the case folder in cases, relative to the dataset folder);
+``{sequence}`` (option ``sequence``: which per-sequence file of a multi-file MR case to read, e.g. BraTS
+``flair``); ``{label}`` (masks: a spec ``label`` string). A pattern ending ``.nii.gz`` also finds ``.nii`` and
+vice versa (BraTS 2020 ships one segmentation as ``.nii``).
+
+Annotations:
+
+- ``labels`` — an integer label volume: 0 is background, every other value must be the ``value`` of a spec
+  label (else ``bad_label_value``); float-stored labels are rounded; ``(x, y, z, 1)`` shapes are 3D.
+- ``masks`` — one binary volume per spec label (TotalSegmentator ``segmentations/<structure>.nii.gz``),
+  binarised at 0.5 and kept as separate named masks, so overlapping structures both survive. An all-zero
+  mask is an absent structure (no region). A missing mask file rejects the case (``missing_masks: reject``,
+  the default: the structure may be in the image unlabelled) or counts as absent (``missing_masks: empty``).
+
+More options:
+
+- ``channel`` — for 4D images (channels last, as nibabel reads them): an index, or (msd) a name from the
+  index's ``modality``/``channel_names`` map such as ``FLAIR``. Required when an image has several channels.
+- ``study_regex`` (group ``study``) — the study id from the case id (BraTS 2023: the timepoint).
+- ``split_by_path`` — prefix of the image path (relative to the dataset folder) → official split.
+- ``table`` — a delimited file of per-case rows (``path``, ``delimiter``, ``id_column``, ``split_column``;
+  UTF-8 with or without BOM): the split column gives the official split, the row's columns are fields for
+  ``patient_id.field``. A row naming a case that is not on disk becomes a rejected case.
+- ``info`` — pattern of a per-case ``key: value`` file (ACDC ``Info.cfg``); its entries are fields too, and
+  are kept in the item's meta. A case without one is read all the same.
+- ``modality_by_id`` — ``regex`` (group ``id``) over the case id and ``ranges`` of ``{first, last,
+  modality}``: mixed-modality datasets (AMOS22: ids up to 500 are CT, above are MR). Sets ``Frame.modality``.
+
+Reading: nibabel. CT cases are handed over in HU (``intensity="hu"``, windowed by the spec), every other
+modality as ``raw`` (percentile-normalised with the spec's ``intensity.low``/``high``). Image and
+annotation volumes must share grid shape and axis codes (``shape_mismatch``, ``geometry_mismatch``); both are
+reoriented to RAS+ with the image's affine, so files stored LPS, or slices-first like KiTS, are sliced along
+the true axes, and cut into display slices along every plane of ``spec.slicing``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import nibabel as nib
 import numpy as np
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from medpclip.frame import Frame, ReadError, SourceFile, SourceItem
-from medpclip.imaging import iter_slices, reorient_canonical
+from medpclip.imaging import display_slice, iter_slices, reorient_canonical
 from medpclip.sources._common import (
     Options,
     existing,
     file_of,
+    files_of,
     glob_files,
     is_junk,
     make_item,
@@ -45,25 +83,122 @@ from medpclip.sources._common import (
     sorted_items,
     strip_dot,
 )
-from medpclip.specs import DatasetSpec
+from medpclip.specs import DatasetSpec, Modality
 
 _SUFFIXES = (".nii.gz", ".nii", ".mgz", ".img", ".hdr")
+_PLACEHOLDER_RE = re.compile(r"\{([a-z]+)\}")
+_SPLIT_WORDS = {
+    "train": "train",
+    "training": "train",
+    "tr": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+    "ts": "test",
+}
+_PLANE_AXIS = {"sa": 0, "co": 1, "ax": 2}
+
+Split = Literal["train", "val", "test"]
+
+
+class ModalityRange(Options):
+    first: int
+    last: int
+    modality: Modality
+
+
+class ModalityById(Options):
+    regex: str
+    ranges: tuple[ModalityRange, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModalityById:
+        if "id" not in re.compile(self.regex).groupindex:
+            raise ValueError("modality_by_id.regex needs a named group (?P<id>...)")
+        spans = sorted((r.first, r.last) for r in self.ranges)
+        if any(first > last for first, last in spans):
+            raise ValueError("modality_by_id.ranges: first must not exceed last")
+        if any(b[0] <= a[1] for a, b in zip(spans, spans[1:], strict=False)):
+            raise ValueError("modality_by_id.ranges overlap")
+        return self
+
+    def modality_of(self, case_id: str) -> str | None:
+        m = re.search(self.regex, case_id)
+        if m is None:
+            return None
+        number = int(m.group("id"))
+        return next((r.modality for r in self.ranges if r.first <= number <= r.last), None)
+
+
+class TableOptions(Options):
+    path: str
+    delimiter: str = ","
+    id_column: str
+    split_column: str | None = None
 
 
 class VolumeOptions(Options):
-    layout: Literal["msd", "pairs"] = "pairs"
+    layout: Literal["msd", "pairs", "cases"] = "pairs"
     index: str = "dataset.json"
+    lists: dict[str, Split | None] = Field(default_factory=lambda: {"training": None})
     images: str | None = None
+    cases: str | None = None
+    image: str | None = None
     labels: str | None = None
+    masks: str | None = None
+    missing_masks: Literal["reject", "empty"] = "reject"
     case_regex: str | None = None
-    channel: int | None = None
+    sequence: str | None = None
+    channel: int | str | None = None
+    study_regex: str | None = None
+    split_by_path: dict[str, Split] = Field(default_factory=dict)
+    table: TableOptions | None = None
+    info: str | None = None
+    modality_by_id: ModalityById | None = None
 
     @model_validator(mode="after")
     def _check(self) -> VolumeOptions:
-        if self.layout == "pairs" and (self.images is None or self.labels is None):
-            raise ValueError("layout 'pairs' needs 'images' (a glob) and 'labels' (a pattern with {stem})")
-        if self.case_regex is not None and "case" not in re.compile(self.case_regex).groupindex:
-            raise ValueError("case_regex needs a named group (?P<case>...)")
+        if self.layout == "msd":
+            given = [k for k in ("images", "cases", "image", "labels", "masks") if getattr(self, k)]
+            if given:
+                raise ValueError(f"layout 'msd' takes its cases from '{self.index}'; drop {', '.join(given)}")
+            if not self.lists:
+                raise ValueError("layout 'msd' needs at least one list in 'lists'")
+        else:
+            if self.layout == "pairs" and self.images is None:
+                raise ValueError("layout 'pairs' needs 'images' (a glob)")
+            if self.layout == "cases" and (self.cases is None or self.image is None):
+                raise ValueError("layout 'cases' needs 'cases' (a glob of folders) and 'image' (a pattern)")
+            if (self.labels is None) == (self.masks is None):
+                raise ValueError(f"layout '{self.layout}' needs exactly one of 'labels' and 'masks'")
+            if self.masks is not None and "{label}" not in self.masks:
+                raise ValueError("'masks' needs the placeholder {label}")
+        if isinstance(self.channel, str) and self.layout != "msd":
+            raise ValueError("a channel name needs layout 'msd' (names come from the index); give an index")
+        if isinstance(self.channel, int) and self.channel < 0:
+            raise ValueError("channel must be >= 0")
+        allowed = {
+            "images": {"sequence"},
+            "cases": set(),
+            "image": {"case", "dir", "sequence"},
+            "labels": {"case", "dir", "sequence"} | ({"stem"} if self.layout == "pairs" else set()),
+            "masks": {"case", "dir", "sequence", "label"} | ({"stem"} if self.layout == "pairs" else set()),
+            "info": {"case", "dir"} | ({"stem"} if self.layout == "pairs" else set()),
+        }
+        for name, ok in allowed.items():
+            pattern = getattr(self, name)
+            used = set(_PLACEHOLDER_RE.findall(pattern or ""))
+            if used - ok:
+                bad = ", ".join("{" + u + "}" for u in sorted(used - ok))
+                raise ValueError(f"'{name}' cannot use {bad} here (allowed: {sorted(ok) or 'none'})")
+            if "sequence" in used and not self.sequence:
+                raise ValueError(f"'{name}' uses {{sequence}}: set option 'sequence' (e.g. flair)")
+        for name, group in (("case_regex", "case"), ("study_regex", "study")):
+            pattern = getattr(self, name)
+            if pattern is not None and group not in re.compile(pattern).groupindex:
+                raise ValueError(f"{name} needs a named group (?P<{group}>...)")
         return self
 
 
@@ -77,49 +212,362 @@ def file_stem(name: str) -> str:
 # --- discover ----------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Case:
+    """A case as found on disk, before the spec's id, split and field rules make it a SourceItem."""
+
+    case: str
+    files: list[tuple[str, str]]  # (role, path relative to the dataset folder)
+    dir: str = ""
+    stem: str = ""
+    official: str | None = None
+    meta: dict[str, object] = field(default_factory=dict)
+    fields: dict[str, object] = field(default_factory=dict)
+    error: tuple[str, str] | None = None
+
+
 def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
     opts = parse_options(spec, VolumeOptions)
-    pairs = _msd_pairs(root, opts) if opts.layout == "msd" else _glob_pairs(root, opts)
-    items = [
-        make_item(
-            spec, case, (SourceFile("image", raw_path(spec, img)), SourceFile("label", raw_path(spec, lab)))
+    _check_intensity(spec, opts)
+    if opts.layout == "msd":
+        cases = _msd_cases(spec, root, opts)
+    elif opts.layout == "pairs":
+        cases = _pair_cases(spec, root, opts)
+    else:
+        cases = _folder_cases(spec, root, opts)
+    for c in cases:
+        for prefix, split in opts.split_by_path.items():
+            if c.files[0][1].startswith(prefix):
+                c.official = split
+                break
+    if opts.table is not None:
+        cases = _apply_table(spec, root, opts, cases)
+    items = []
+    for c in cases:
+        if opts.info is not None and c.error is None:
+            info = _read_info(root, _fill(opts.info, case=c.case, dir=c.dir, stem=c.stem))
+            if info:
+                c.fields.update(info)
+                c.meta["info"] = tuple(sorted(info.items()))
+        study = None
+        if opts.study_regex is not None:
+            m = re.search(opts.study_regex, c.case)
+            if m is None:
+                c.error = c.error or ("bad_case_id", f"case '{c.case}' does not match study_regex")
+            else:
+                study = m.group("study")
+        if opts.modality_by_id is not None:
+            modality = opts.modality_by_id.modality_of(c.case)
+            if modality is None:
+                c.error = c.error or (
+                    "bad_case_id",
+                    f"case '{c.case}' has no modality by modality_by_id (regex or ranges do not cover it)",
+                )
+            else:
+                c.meta["modality"] = modality
+        files = [SourceFile(role, raw_path(spec, rel)) for role, rel in c.files]
+        items.append(
+            make_item(
+                spec,
+                c.case,
+                files,
+                fields=c.fields,
+                study_id=study,
+                official_split=c.official,
+                meta=c.meta,
+                error=c.error,
+            )
         )
-        for case, img, lab in pairs
-    ]
     yield from sorted_items(items)
 
 
-def _msd_pairs(root: Path, opts: VolumeOptions) -> list[tuple[str, PurePosixPath, PurePosixPath]]:
-    index = root / opts.index
+def _check_intensity(spec: DatasetSpec, opts: VolumeOptions) -> None:
+    modalities = {spec.modality}
+    if opts.modality_by_id is not None:
+        modalities = {r.modality for r in opts.modality_by_id.ranges}
+    if "CT" in modalities and spec.intensity.kind != "ct_window":
+        raise ReadError(
+            "bad_option", f"spec '{spec.name}' has CT cases: intensity.kind must be ct_window (a CT window)"
+        )
+
+
+# --- msd: cases from index lists ---
+
+
+def _msd_cases(spec: DatasetSpec, root: Path, opts: VolumeOptions) -> list[_Case]:
+    index = _read_index(root, opts.index)
+    meta: dict[str, object] = {}
+    if isinstance(opts.channel, str):
+        meta["channel"] = _channel_by_name(index, opts.channel, opts.index)
+    out, absent = [], set()
+    for list_name, split in opts.lists.items():
+        entries = index.get(list_name)
+        if not isinstance(entries, list):
+            raise ReadError("unreadable_table", f"{opts.index} has no list '{list_name}'")
+        for entry in entries:
+            image, label = _index_entry(entry, opts.index, list_name)
+            if is_junk(image):
+                continue
+            if label is None:  # unlabelled by publication (MSD test) unless labels lie beside the images
+                label = _label_beside(image)
+                if label is None or not (root / label).is_file():
+                    continue
+            if not (root / label.parent).is_dir():  # a release without this list's labels (AMOS labelsTs)
+                absent.add(label.parent.as_posix())
+                continue
+            files = [("image", image.as_posix()), ("label", _resolve(root, label.as_posix()))]
+            out.append(
+                _Case(
+                    file_stem(image.name), files, dir=image.parent.as_posix(), official=split, meta=dict(meta)
+                )
+            )
+    if not out and absent:
+        raise ReadError(
+            "missing_file", f"no label folder of {opts.index}: {', '.join(sorted(absent))} absent"
+        )
+    return out
+
+
+def _read_index(root: Path, name: str) -> dict:
     try:
-        meta = json.loads(index.read_text(encoding="utf-8-sig"))
-        entries = [(strip_dot(e["image"]), strip_dot(e["label"])) for e in meta["training"]]
+        data = json.loads((root / name).read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
-        raise ReadError("missing_file", f"{opts.index} (an MSD task is driven by it)") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ReadError("unreadable_table", f"{opts.index}: {type(e).__name__}: {e}") from None
-    return [(file_stem(img.name), img, lab) for img, lab in entries if not is_junk(img)]
+        raise ReadError("missing_file", f"{name} (the index this layout is driven by)") from None
+    except (OSError, ValueError) as e:
+        raise ReadError("unreadable_table", f"{name}: {type(e).__name__}: {e}") from None
+    if not isinstance(data, dict):
+        raise ReadError("unreadable_table", f"{name}: not a JSON object")
+    return data
 
 
-def _glob_pairs(root: Path, opts: VolumeOptions) -> list[tuple[str, PurePosixPath, PurePosixPath]]:
-    assert opts.images is not None and opts.labels is not None  # checked by VolumeOptions
-    label_files = {
-        p.resolve() for p in glob_files(root, opts.labels.replace("{stem}", "*").replace("{case}", "*"))
-    }
-    out = []
-    for path in glob_files(root, opts.images):
-        if path.resolve() in label_files:  # images and labels in one folder: a label is not a case
+def _index_entry(entry: object, index: str, list_name: str) -> tuple[PurePosixPath, PurePosixPath | None]:
+    if isinstance(entry, str):
+        return strip_dot(entry), None
+    if isinstance(entry, dict) and isinstance(entry.get("image"), str):
+        label = entry.get("label")
+        return strip_dot(entry["image"]), strip_dot(label) if isinstance(label, str) and label else None
+    raise ReadError("unreadable_table", f"{index}: an entry of '{list_name}' is not a path or an image dict")
+
+
+def _label_beside(image: PurePosixPath) -> PurePosixPath | None:
+    """``imagesTs/x.nii.gz`` → ``labelsTs/x.nii.gz``."""
+    parts = image.parts
+    if len(parts) < 2 or not parts[0].startswith("images"):
+        return None
+    return PurePosixPath("labels" + parts[0][len("images") :], *parts[1:])
+
+
+def _channel_by_name(index: dict, name: str, index_name: str) -> int:
+    channels = index.get("modality") or index.get("channel_names") or {}
+    if isinstance(channels, dict):
+        for key, value in channels.items():
+            if str(value).strip().lower() == name.strip().lower() and str(key).isdigit():
+                return int(key)
+    known = ", ".join(str(v) for v in channels.values()) if isinstance(channels, dict) else "none"
+    raise ReadError("bad_option", f"channel '{name}' is not a channel of {index_name} (channels: {known})")
+
+
+# --- pairs: one case per image file ---
+
+
+def _pair_cases(spec: DatasetSpec, root: Path, opts: VolumeOptions) -> list[_Case]:
+    assert opts.images is not None
+    annotation = opts.labels or opts.masks
+    assert annotation is not None
+    label_files: set[str] = set()
+    if opts.labels is not None:
+        label_glob = _to_glob(_fill(opts.labels, sequence=opts.sequence))
+        label_files = {p.relative_to(root).as_posix() for p in glob_files(root, label_glob)}
+    out: list[_Case] = []
+    used: set[str] = set()
+    for path in glob_files(root, _fill(opts.images, sequence=opts.sequence)):
+        rel = path.relative_to(root).as_posix()
+        if rel in label_files:  # images and labels in one folder: a label is not a case
             continue
         stem = file_stem(path.name)
-        case = stem
-        if opts.case_regex is not None:
-            m = re.search(opts.case_regex, stem)
-            if m is None:
-                continue  # not an image of this layout (e.g. a second channel file `_0001`)
-            case = m.group("case")
-        label = PurePosixPath(opts.labels.format(stem=stem, case=case))
-        out.append((case, PurePosixPath(path.relative_to(root).as_posix()), label))
+        case = _case_of(stem, opts.case_regex)
+        if case is None:
+            continue  # not an image of this layout (e.g. a second channel file `_0001`)
+        folder = PurePosixPath(rel).parent.as_posix()
+        files, meta = _annotations(spec, root, opts, case=case, dir=folder, stem=stem)
+        out.append(_Case(case, [("image", rel), *files], dir=folder, stem=stem, meta=meta))
+        used.update(p for _, p in files)
+    if opts.labels is not None:
+        out.extend(_orphan_labels(opts, sorted(label_files - used), {c.case for c in out}))
     return out
+
+
+def _case_of(stem: str, case_regex: str | None) -> str | None:
+    if case_regex is None:
+        return stem
+    m = re.search(case_regex, stem)
+    return m.group("case") if m else None
+
+
+def _orphan_labels(opts: VolumeOptions, paths: list[str], known: set[str]) -> list[_Case]:
+    """Label files no image claimed: each becomes a case rejected for its missing image."""
+    assert opts.labels is not None
+    regex = _to_regex(_fill(opts.labels, sequence=opts.sequence))
+    out = []
+    for rel in paths:
+        m = regex.fullmatch(rel)
+        if m is None:
+            continue
+        groups = m.groupdict()
+        case = groups.get("case") or _case_of(groups.get("stem") or "", opts.case_regex) or groups.get("stem")
+        if not case or case in known:
+            continue
+        known.add(case)
+        error = ("missing_file", f"label {rel} has no image matching '{opts.images}'")
+        out.append(_Case(case, [("label", rel)], error=error))
+    return out
+
+
+# --- cases: one case per folder ---
+
+
+def _folder_cases(spec: DatasetSpec, root: Path, opts: VolumeOptions) -> list[_Case]:
+    assert opts.cases is not None and opts.image is not None
+    folders = sorted(p for p in root.glob(opts.cases) if p.is_dir() and not is_junk(p.relative_to(root)))
+    out = []
+    for folder in folders:
+        case = _case_of(folder.name, opts.case_regex)
+        if case is None:
+            continue
+        rel = folder.relative_to(root).as_posix()
+        image = _resolve(root, _fill(opts.image, case=case, dir=rel, sequence=opts.sequence))
+        files, meta = _annotations(spec, root, opts, case=case, dir=rel)
+        out.append(_Case(case, [("image", image), *files], dir=rel, meta=meta))
+    return out
+
+
+def _annotations(
+    spec: DatasetSpec, root: Path, opts: VolumeOptions, **values: str
+) -> tuple[list[tuple[str, str]], dict[str, object]]:
+    """The annotation files of one case (label volume, or one mask per spec label) and their meta."""
+    if opts.labels is not None:
+        return [("label", _resolve(root, _fill(opts.labels, sequence=opts.sequence, **values)))], {}
+    assert opts.masks is not None
+    files, structures = [], []
+    for entry in spec.labels:
+        rel = _resolve(root, _fill(opts.masks, sequence=opts.sequence, label=entry.label, **values))
+        if opts.missing_masks == "empty" and not (root / rel).is_file():
+            continue
+        files.append(("mask", rel))
+        structures.append(entry.label)
+    return files, {"structures": tuple(structures)}
+
+
+# --- tables and info files ---
+
+
+def _apply_table(spec: DatasetSpec, root: Path, opts: VolumeOptions, cases: list[_Case]) -> list[_Case]:
+    table = opts.table
+    assert table is not None
+    rows = _read_table(root, table)
+    found = {c.case for c in cases}
+    for case in sorted(set(rows) - found):  # a row the folder lacks: rejected, never silently skipped
+        error = ("missing_file", f"case '{case}' is listed in {table.path} but not on disk")
+        cases.append(_Case(case, [("table", table.path)], error=error))
+    for c in cases:
+        row = rows.get(c.case)
+        if row is None:
+            continue
+        c.fields.update(row)
+        value = row.get(table.split_column, "") if table.split_column is not None else ""
+        split = _SPLIT_WORDS.get(value.lower())
+        if split is not None:
+            c.official = split
+        elif value:
+            c.error = c.error or (
+                "bad_row",
+                f"{table.path}: {table.split_column} '{value}' of case '{c.case}' is not train/val/test",
+            )
+    return cases
+
+
+def _read_table(root: Path, table: TableOptions) -> dict[str, dict[str, str]]:
+    try:
+        text = (root / table.path).read_text(encoding="utf-8-sig")  # BOM or not
+    except FileNotFoundError:
+        raise ReadError("missing_file", f"{table.path} (the table this spec takes splits from)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReadError("unreadable_table", f"{table.path}: {type(e).__name__}: {e}") from None
+    reader = csv.DictReader(io.StringIO(text), delimiter=table.delimiter)
+    columns = [(c or "").strip() for c in reader.fieldnames or []]
+    for needed in (table.id_column, table.split_column):
+        if needed is not None and needed not in columns:
+            raise ReadError(
+                "unreadable_table",
+                f"{table.path}: no column '{needed}' (columns: {', '.join(columns)}; delimiter {table.delimiter!r})",
+            )
+    rows: dict[str, dict[str, str]] = {}
+    for raw in reader:
+        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        case = row.get(table.id_column, "")
+        if case:
+            rows.setdefault(case, row)
+    return rows
+
+
+def _read_info(root: Path, rel: str) -> dict[str, str]:
+    """``key: value`` lines (ACDC ``Info.cfg``); an absent or unreadable file gives nothing."""
+    try:
+        text = (root / rel).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip():
+            out[key.strip()] = value.strip()
+    return out
+
+
+# --- patterns ---
+
+
+def _fill(pattern: str, **values: str | None) -> str:
+    """Fill placeholders that have a value (others stay) and drop ``./`` parts left by an empty ``{dir}``."""
+    for name, value in values.items():
+        if value is not None:
+            pattern = pattern.replace("{" + name + "}", value)
+    return strip_dot(pattern).as_posix() if "{" not in pattern else pattern
+
+
+def _to_glob(pattern: str) -> str:
+    """A pattern with placeholders → a glob that matches every file it can name."""
+    out = pattern.replace("{dir}", "**")
+    return _PLACEHOLDER_RE.sub("*", out)
+
+
+def _to_regex(pattern: str) -> re.Pattern[str]:
+    """A pattern with placeholders → a regex with one named group per placeholder (repeats refer back)."""
+    parts, seen, pos = [], set(), 0
+    for m in _PLACEHOLDER_RE.finditer(pattern):
+        parts.append(re.escape(pattern[pos : m.start()]))
+        name = m.group(1)
+        if name in seen:
+            parts.append(f"(?P={name})")
+        else:
+            seen.add(name)
+            parts.append(f"(?P<{name}>.+)" if name == "dir" else f"(?P<{name}>[^/]+)")
+        pos = m.end()
+    parts.append(re.escape(pattern[pos:]))
+    return re.compile("".join(parts))
+
+
+def _resolve(root: Path, rel: str) -> str:
+    """``x.nii.gz`` ↔ ``x.nii``: the variant that exists, else the path as given (to be rejected at read)."""
+    if (root / rel).is_file():
+        return rel
+    if rel.endswith(".nii.gz"):
+        alt = rel[: -len(".gz")]
+    elif rel.endswith(".nii"):
+        alt = rel + ".gz"
+    else:
+        return rel
+    return alt if (root / alt).is_file() else rel
 
 
 # --- read --------------------------------------------------------------------------------------------------
@@ -128,39 +576,69 @@ def _glob_pairs(root: Path, opts: VolumeOptions) -> list[tuple[str, PurePosixPat
 def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
     raise_item_error(item)
     opts = parse_options(spec, VolumeOptions)
-    image_rel, label_rel = file_of(item, "image"), file_of(item, "label")
+    meta = item.meta_dict()
+    modality = str(meta.get("modality") or spec.modality)
+    intensity = "hu" if modality == "CT" else "raw"
+    channel = meta.get("channel", opts.channel if isinstance(opts.channel, int) else None)
+    image_rel = file_of(item, "image")
     image_img = _load(raw_root, image_rel)
-    label_img = _load(raw_root, label_rel)
+    image = _image_array(image_img, image_rel, None if channel is None else int(channel))
+    axes = nib.aff2axcodes(image_img.affine)
 
-    image = _image_array(image_img, image_rel, opts.channel)
+    def frame(index: int, img2d: np.ndarray, spacing: tuple[float, float], plane: str, **ann) -> Frame:
+        return Frame(
+            item=item,
+            image=img2d,
+            intensity=intensity,
+            plane=plane,
+            slice_index=index,
+            spacing_mm=spacing,
+            modality=modality,
+            **ann,
+        )
+
+    if opts.masks is not None:
+        structures = [str(s) for s in meta.get("structures", ())]
+        paths = files_of(item, "mask")
+        if len(structures) != len(paths):
+            raise ReadError(
+                "bad_item", f"case '{item.case_id}': {len(paths)} masks for {len(structures)} names"
+            )
+        crops = []
+        for label, rel in zip(structures, paths, strict=True):
+            crop = _structure(raw_root, rel, image.shape, axes, image_img.affine)
+            if crop is not None:  # an all-zero mask: the structure is absent from this case
+                crops.append((label, *crop))
+        image, zooms = reorient_canonical(image, image_img.affine)
+        for plane in spec.slicing.planes:
+            for index, img2d, spacing in iter_slices(image, zooms, plane, spec.slicing.step):
+                masks = _masks_at(crops, image.shape, _PLANE_AXIS[plane], index)
+                yield frame(index, img2d, spacing, plane, masks=masks)
+        return
+
+    label_rel = file_of(item, "label")
+    label_img = _load(raw_root, label_rel)
     labels = _label_array(label_img, label_rel, spec)
     if image.shape != labels.shape:
         raise ReadError("shape_mismatch", f"image {image.shape} != label {labels.shape} ({image_rel})")
-    image_axes, label_axes = nib.aff2axcodes(image_img.affine), nib.aff2axcodes(label_img.affine)
-    if image_axes != label_axes:  # one of the two affines is wrong; we cannot tell which
-        raise ReadError(
-            "geometry_mismatch", f"image axes {''.join(image_axes)} != label axes {''.join(label_axes)}"
-        )
-
+    _same_axes(axes, label_img, label_rel)
     # Both grids are the same (checked above), so the image's affine orients both; zooms come from it too.
     image, zooms = reorient_canonical(image, image_img.affine)
     labels, _ = reorient_canonical(labels, image_img.affine)
     label_values = {v: e.label for v, e in spec.label_by_value().items() if v != 0}
-    intensity = "hu" if spec.modality == "CT" else "raw"
     for plane in spec.slicing.planes:
         image_slices = iter_slices(image, zooms, plane, spec.slicing.step)
         label_slices = iter_slices(labels, zooms, plane, spec.slicing.step)
         for (index, img2d, spacing), (_, lab2d, _) in zip(image_slices, label_slices, strict=True):
-            yield Frame(
-                item=item,
-                image=img2d,
-                intensity=intensity,
-                plane=plane,
-                slice_index=index,
-                spacing_mm=spacing,
-                label_map=lab2d,
-                label_values=label_values,
-            )
+            yield frame(index, img2d, spacing, plane, label_map=lab2d, label_values=label_values)
+
+
+def _same_axes(axes: tuple, img: nib.spatialimages.SpatialImage, rel: str) -> None:
+    other = nib.aff2axcodes(img.affine)
+    if axes != other:  # one of the two affines is wrong; we cannot tell which
+        raise ReadError(
+            "geometry_mismatch", f"{rel}: axes {''.join(other)} differ from the image's {''.join(axes)}"
+        )
 
 
 def _load(raw_root: Path, rel: str) -> nib.spatialimages.SpatialImage:
@@ -207,14 +685,17 @@ def _image_array(img: nib.spatialimages.SpatialImage, rel: str, channel: int | N
     return data[..., None] if data.ndim == 2 else data
 
 
-def _label_array(img: nib.spatialimages.SpatialImage, rel: str, spec: DatasetSpec) -> np.ndarray:
-    """Label volume → smallest unsigned integer array; values must be 0 or a spec label value."""
+def _annotation_array(img: nib.spatialimages.SpatialImage, rel: str) -> np.ndarray:
     shape = _spatial(img.shape)
     if len(shape) not in (2, 3):
-        raise ReadError("bad_dimensions", f"{rel}: label shape {tuple(img.shape)} is not 2D/3D")
+        raise ReadError("bad_dimensions", f"{rel}: annotation shape {tuple(img.shape)} is not 2D/3D")
     data = _voxels(img, rel).reshape(shape)
-    if data.ndim == 2:
-        data = data[..., None]
+    return data[..., None] if data.ndim == 2 else data
+
+
+def _label_array(img: nib.spatialimages.SpatialImage, rel: str, spec: DatasetSpec) -> np.ndarray:
+    """Label volume → smallest unsigned integer array; values must be 0 or a spec label value."""
+    data = _annotation_array(img, rel)
     if data.dtype.kind == "f":  # float-stored labels (an MSD quirk): nearest integer
         if not np.isfinite(data).all():
             raise ReadError("bad_label_value", f"{rel}: non-finite label values")
@@ -240,3 +721,51 @@ def _present_values(data: np.ndarray) -> list[int]:
         counts = np.bincount(data.astype(np.uint16, copy=False).ravel(), minlength=1)
         return np.flatnonzero(counts).tolist()
     return [int(v) for v in np.unique(data)]
+
+
+# --- per-structure masks ---
+
+_Crop = tuple[tuple[int, int, int], np.ndarray]  # offset in the canonical volume, boolean crop
+
+
+def _structure(
+    raw_root: Path, rel: str, shape: tuple[int, ...], axes: tuple, affine: np.ndarray
+) -> _Crop | None:
+    """One structure's mask, canonical and cropped to its bounding box (a whole-body CT has ~100 of them:
+    full-size copies of each would not fit in a worker). None when the mask is empty."""
+    img = _load(raw_root, rel)
+    data = _annotation_array(img, rel)
+    if data.shape != shape:
+        raise ReadError("shape_mismatch", f"image {shape} != mask {data.shape} ({rel})")
+    _same_axes(axes, img, rel)
+    mask = data > 0.5 if data.dtype.kind == "f" else data != 0
+    del data
+    mask, _ = reorient_canonical(mask, affine)
+    spans = []
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hit.size == 0:
+            return None
+        spans.append((int(hit[0]), int(hit[-1]) + 1))
+    crop = np.ascontiguousarray(mask[tuple(slice(lo, hi) for lo, hi in spans)])
+    return (spans[0][0], spans[1][0], spans[2][0]), crop
+
+
+def _masks_at(
+    crops: list[tuple[str, tuple[int, int, int], np.ndarray]], shape: tuple[int, ...], axis: int, index: int
+) -> list[tuple[str, np.ndarray]]:
+    """The display-oriented masks of the structures that the slice ``index`` along ``axis`` cuts."""
+    in_plane = [a for a in range(3) if a != axis]
+    out = []
+    for label, offset, crop in crops:
+        k = index - offset[axis]
+        if not 0 <= k < crop.shape[axis]:
+            continue
+        part = np.take(crop, k, axis=axis)
+        if not part.any():
+            continue
+        full = np.zeros((shape[in_plane[0]], shape[in_plane[1]]), dtype=bool)
+        r0, c0 = offset[in_plane[0]], offset[in_plane[1]]
+        full[r0 : r0 + part.shape[0], c0 : c0 + part.shape[1]] = part
+        out.append((label, display_slice(full)))
+    return out
