@@ -1,24 +1,59 @@
-"""2D image + mask files (JPEG/PNG/BMP/GIF/TIFF): one image per case, masks found by the image's stem.
+"""2D image + mask files (JPEG/PNG/BMP/GIF/TIFF): one image per case, masks found from the image's path.
 
-Options (``spec.format.options``), paths relative to the dataset folder:
+Options (``spec.format.options``), all paths relative to the dataset folder, POSIX style:
 
-- ``images: "images/*.jpg"`` — glob or list of globs (``**`` allowed). Junk files are skipped, and so is any
-  file that is some image's mask (masks may share the image folder, e.g. BUSI).
-- ``exclude: ["*_mask*.png"]`` — optional fnmatch patterns (on the relative path) of files that are not images.
-- ``masks: ["masks/{stem}.jpg"]`` — one or more patterns; ``{stem}`` is the image file name without its
-  extension, ``{dir}`` the image's folder (relative to the dataset folder). A pattern may hold wildcards (``"{stem}_mask*.png"``: every match is one annotation). An entry
-  may also be ``{pattern: ..., label: ...}`` to give that pattern's masks their own label.
+Images
+- ``images: "images/*.jpg"`` — glob or list of globs (``**`` allowed). Junk files (``._*``, ``.DS_Store``,
+  ``Thumbs.db``, ``__MACOSX``) are skipped, and so is any file that is some image's mask (masks may share the
+  image folder, e.g. BUSI). The case id is the image file name without its extension.
+- ``exclude: ["*_mask*.png"]`` — fnmatch patterns (on the relative path or the file name) of files that are
+  never images, even when no image claims them (an orphan mask must not become an image).
+- ``name_regex: "^(?P<set>training|test)/images/(?P<id>\\d+)_"`` — optional; searched in each image's
+  relative path. Its named groups become fields for mask patterns (``{id}``) and for ``patient_id.field``.
+  An image whose path does not match is rejected (``unexpected_name``).
+- ``grey: true`` — force one channel (greyscale datasets that ship some RGB files).
+
+Masks
+- ``masks: ["masks/{stem}.jpg"]`` — patterns with fields ``{stem}`` (image name without extension),
+  ``{dir}`` (the image's folder) and the ``name_regex`` groups; each pattern names ``{stem}`` or a group.
+  A pattern may hold wildcards (``"{dir}/{stem}_mask_*.png"``: every match is one mask file). An entry may
+  also be a mapping ``{pattern, label, when, required, empty}``: ``label`` gives its masks their own label;
+  ``when`` (fnmatch on the image's relative path) applies the pattern to some images only; ``required: true``
+  rejects an image without a match as ``missing_file`` naming the expected path; ``empty: true`` marks masks
+  that must be all background (BUSI ``normal``): the file is read and checked, and a foreground pixel
+  rejects the image (``bad_label_value``).
 - ``mask_mode: threshold`` (default) — grey value ``> threshold`` (default 127) is the structure; the label
-  is the entry's ``label``, else option ``label``, else the spec's only label. Every mask file stays its
-  own annotation (``Frame.masks``). Lossy (JPEG) and RGB masks are fine: they are read as grey.
-- ``mask_mode: values`` — ``values: {mask pixel value: spec label value}`` (e.g. REFUGE ``{0: 2, 128: 1,
-  255: 0}``); the mask becomes a label map. A pixel value not in ``values`` is ``bad_label_value``.
+  is the entry's ``label``, else option ``label``, else the spec's only label. Lossy (JPEG), RGB (3-channel
+  TIFF), palette (GIF) and 16-bit masks are read as one grey channel first. A mask holding only 0 and one
+  value at or below the threshold (a 0/1-coded mask) is refused (``bad_label_value``), not read as empty.
+- ``mask_mode: values`` — ``values: {mask pixel value: spec label value}``; the mask becomes a label map. A
+  pixel value not in ``values`` is ``bad_label_value``.
+- ``mask_mode: ranges`` — ``ranges: {label: [lo, hi]}``: each label's mask is the pixels whose grey value
+  lies in [lo, hi] (inclusive). Ranges may overlap, for nested structures coded in one file: REFUGE's disc
+  (grey 128) includes the cup (0), so ``disc: [0, 150]`` and ``cup: [0, 100]`` (the cut-offs of the REFUGE
+  reference loader, robust to stray intermediate values).
+- ``merge_masks: true`` — masks of one label are OR-ed into one annotation (instances then come from
+  connected components), e.g. BUSI's ``_mask`` and ``_mask_1`` files. Default: every file stays its own
+  annotation.
 - ``boxes_json: kavsir_bboxes.json`` — optional Kvasir-schema boxes (``{stem: {height, width, bbox: [{label,
   xmin, ymin, xmax, ymax}]}}``), used for images that have no mask file. The boxes travel in the item's
   meta (the json is not one of the item's files: hashing it once per image would cost more than reading).
-- ``grey: true`` — force one channel (greyscale datasets that ship some RGB files).
 - ``require_annotation: true`` (default) — an image with neither mask nor box is ``missing_file``; set it to
   false for datasets whose unannotated images are meaningful.
+
+Image-level labels, splits, groups
+- ``image_labels: [{regex, path: image|mask, map}]`` — each rule's ``regex`` (with a group ``label``) is
+  searched in the relative path of the image (``path: image``, default) or of each mask file (``path: mask``);
+  the group's text, through ``map`` when given (keys are the dataset's strings), is an image-level label:
+  a spec label or one of ``normal_labels`` (e.g. ``normal``: a negative finding, no spec label, passed
+  through as written). A matched string missing from ``map`` rejects the image (``bad_label_value``).
+  Examples: BUSI class folder, Montgomery/Shenzhen ``_0``/``_1`` suffix, REFUGE ``Glaucoma`` folder.
+- ``splits: {"ISIC2018_Task1-2_Training_Input/*": train, …}`` — official split by fnmatch on the image's
+  relative path (first matching entry wins; images matching none have no official split).
+- ``numbered_groups: {size: 50}`` or ``{ranges: [[1, 25], [26, 50], …]}`` — for numbered frames cut from
+  videos (CVC-ClinicDB): the field ``group`` (``"0001-0050"``) groups consecutive frame numbers, so that
+  ``patient_id: {field: group}`` keeps near-duplicate neighbours in one split. A stem that is not a number
+  or falls in no range has no group (``bad_patient_id``).
 
 Image and mask must have the same size (``shape_mismatch`` otherwise). Images come as ``uint8`` (8-bit) or
 ``raw`` (16-bit) arrays; nothing is resized or thresholded beyond what the mask mode says.
@@ -29,12 +64,17 @@ from __future__ import annotations
 import fnmatch
 import glob
 import json
+import os
+import posixpath
+import re
+import string
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medpclip.frame import Box, Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources._common import (
@@ -43,6 +83,7 @@ from medpclip.sources._common import (
     file_of,
     files_of,
     glob_files,
+    is_junk,
     load_image,
     load_mask,
     make_item,
@@ -54,39 +95,137 @@ from medpclip.sources._common import (
 )
 from medpclip.specs import DatasetSpec
 
+_FORMATTER = string.Formatter()
+_BUILTIN_FIELDS = ("stem", "dir")
+
+
+def _fields_of(pattern: str) -> set[str]:
+    return {name for _, name, _, _ in _FORMATTER.parse(pattern) if name is not None}
+
+
+def _literal(pattern: str) -> str:
+    """The pattern without its ``{fields}``: what decides whether it holds wildcards."""
+    return "".join(text for text, *_ in _FORMATTER.parse(pattern))
+
 
 class MaskPattern(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     pattern: str
     label: str | None = None
+    when: str | None = None
+    required: bool = False
+    empty: bool = False
+
+
+class ImageLabelRule(Options):
+    regex: str
+    path: Literal["image", "mask"] = "image"  # not `on`: YAML 1.1 reads it as true
+    map: dict[str, str] | None = None
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _str_keys(cls, v: object) -> object:
+        return {str(k): v2 for k, v2 in v.items()} if isinstance(v, dict) else v  # YAML reads `0:` as int
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            compiled = re.compile(v)
+        except re.error as e:
+            raise ValueError(f"invalid regex: {e}") from None
+        if "label" not in compiled.groupindex:
+            raise ValueError("regex needs a named group (?P<label>...)")
+        return v
+
+
+class NumberedGroups(Options):
+    size: int | None = Field(default=None, ge=1)
+    ranges: list[tuple[int, int]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one(self) -> NumberedGroups:
+        if (self.size is None) == (not self.ranges):
+            raise ValueError("give exactly one of 'size' and 'ranges'")
+        if any(lo > hi for lo, hi in self.ranges):
+            raise ValueError("each range is [first, last] with first <= last")
+        return self
+
+    def group_of(self, number: int) -> str | None:
+        if self.size is not None:
+            if number < 1:
+                return None
+            first = (number - 1) // self.size * self.size + 1
+            return f"{first:04d}-{first + self.size - 1:04d}"
+        for lo, hi in self.ranges:
+            if lo <= number <= hi:
+                return f"{lo:04d}-{hi:04d}"
+        return None
 
 
 class RasterOptions(Options):
     images: str | list[str]
     exclude: list[str] = Field(default_factory=list)
+    name_regex: str | None = None
     masks: list[str | MaskPattern] = Field(default_factory=list)
-    mask_mode: Literal["threshold", "values"] = "threshold"
+    mask_mode: Literal["threshold", "values", "ranges"] = "threshold"
     threshold: float = 127
     label: str | None = None
     values: dict[int, int] = Field(default_factory=dict)
+    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    merge_masks: bool = False
     boxes_json: str | None = None
     grey: bool = False
     require_annotation: bool = True
+    image_labels: list[ImageLabelRule] = Field(default_factory=list)
+    normal_labels: list[str] = Field(default_factory=list)
+    splits: dict[str, Literal["train", "val", "test"]] = Field(default_factory=dict)
+    numbered_groups: NumberedGroups | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RasterOptions:
         if self.mask_mode == "values" and not self.values:
             raise ValueError("mask_mode 'values' needs 'values' (mask pixel value → spec label value)")
+        if self.mask_mode == "ranges" and not self.ranges:
+            raise ValueError("mask_mode 'ranges' needs 'ranges' (label → [lo, hi] grey values)")
+        if any(lo > hi for lo, hi in self.ranges.values()):
+            raise ValueError("each of 'ranges' is [lo, hi] with lo <= hi")
+        groups = set(self.name_groups())
+        if groups & {*_BUILTIN_FIELDS, "group"}:
+            raise ValueError("name_regex groups may not be called stem, dir or group")
         for m in self.mask_patterns():
-            if "{stem}" not in m.pattern:
-                raise ValueError(f"mask pattern '{m.pattern}' needs {{stem}}")
+            used = _fields_of(m.pattern)
+            unknown = used - set(_BUILTIN_FIELDS) - groups
+            if unknown:
+                raise ValueError(f"mask pattern '{m.pattern}' uses unknown fields {sorted(unknown)}")
+            if not used & ({"stem"} | groups):
+                raise ValueError(f"mask pattern '{m.pattern}' needs {{stem}} or a name_regex group")
+            if self.mask_mode != "threshold" and (m.label or m.empty):
+                raise ValueError(f"mask pattern '{m.pattern}': label/empty apply to mask_mode threshold only")
         return self
+
+    def name_groups(self) -> list[str]:
+        if self.name_regex is None:
+            return []
+        try:
+            return list(re.compile(self.name_regex).groupindex)
+        except re.error as e:
+            raise ValueError(f"name_regex: invalid regex: {e}") from None
 
     def mask_patterns(self) -> list[MaskPattern]:
         return [MaskPattern(pattern=m) if isinstance(m, str) else m for m in self.masks]
 
 
 # --- discover ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Case:
+    """What discovery found for one image: template fields, mask files (pattern index, path), first error."""
+
+    fields: dict[str, str]
+    masks: list[tuple[int, Path]] = field(default_factory=list)
+    error: tuple[str, str] | None = None
 
 
 def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
@@ -96,27 +235,42 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
     candidates = [
         p for p in glob_files(root, opts.images) if not _excluded(p.relative_to(root), opts.exclude)
     ]
-    masks_of = {p: _find_masks(root, opts, p) for p in candidates}
-    used_as_mask = {m for found in masks_of.values() for _, m in found}
+    finder = _MaskFinder(root)
+    cases = {p: _find_case(spec, opts, finder, root, p) for p in candidates}
+    used_as_mask = {m for case in cases.values() for _, m in case.masks}
     patterns = opts.mask_patterns()
     items = []
     for path in candidates:
         if path in used_as_mask:
             continue
-        files = [SourceFile("image", raw_path(spec, path.relative_to(root).as_posix()))]
-        files += [
-            SourceFile("mask", raw_path(spec, m.relative_to(root).as_posix())) for _, m in masks_of[path]
-        ]
+        case = cases[path]
+        rel = path.relative_to(root).as_posix()
+        files = [SourceFile("image", raw_path(spec, rel))]
+        files += [SourceFile("mask", raw_path(spec, m.relative_to(root).as_posix())) for _, m in case.masks]
         meta: dict[str, object] = {}
-        if masks_of[path] and opts.mask_mode == "threshold":  # the label of each mask file, in file order
-            meta["mask_labels"] = tuple(_threshold_label(spec, opts, patterns[i]) for i, _ in masks_of[path])
-        error = None
-        if not masks_of[path] and path.stem in boxes:
+        error = case.error
+        if case.masks and opts.mask_mode == "threshold":  # the label of each mask file, in file order
+            meta["mask_labels"] = tuple(_threshold_label(spec, opts, patterns[i]) for i, _ in case.masks)
+        if not case.masks and path.stem in boxes:
             try:
-                meta = _kvasir_entry(boxes[path.stem])
+                meta.update(_kvasir_entry(boxes[path.stem]))
             except (KeyError, TypeError, ValueError) as e:
-                error = ("bad_row", f"{opts.boxes_json} entry '{path.stem}': {type(e).__name__}: {e}")
-        items.append(make_item(spec, path.stem, files, meta=meta, error=error))
+                error = error or (
+                    "bad_row",
+                    f"{opts.boxes_json} entry '{path.stem}': {type(e).__name__}: {e}",
+                )
+        try:
+            labels = _image_labels(spec, opts, rel, [m.relative_to(root).as_posix() for _, m in case.masks])
+        except ReadError as e:
+            labels, error = [], error or (e.reason, e.detail)
+        if labels:
+            meta["image_labels"] = tuple(labels)
+        split = next((s for pattern, s in opts.splits.items() if fnmatch.fnmatchcase(rel, pattern)), None)
+        items.append(
+            make_item(
+                spec, path.stem, files, fields=case.fields, official_split=split, meta=meta, error=error
+            )
+        )
     yield from sorted_items(items)
 
 
@@ -126,6 +280,9 @@ def _check_labels(spec: DatasetSpec, opts: RasterOptions) -> None:
         if opts.mask_mode == "threshold":
             for m in opts.mask_patterns():
                 _threshold_label(spec, opts, m)
+        elif opts.mask_mode == "ranges":
+            for label in opts.ranges:
+                resolve_label(spec, label)
         else:
             by_value = spec.label_by_value()
             bad = sorted(v for v in opts.values.values() if v != 0 and v not in by_value)
@@ -133,11 +290,16 @@ def _check_labels(spec: DatasetSpec, opts: RasterOptions) -> None:
                 raise ReadError(
                     "bad_option", f"values map to {bad}, which are not label values of spec '{spec.name}'"
                 )
+        for rule in opts.image_labels:
+            for target in (rule.map or {}).values():
+                _image_label(spec, opts, target)
     except ReadError as e:
         raise ReadError("bad_option", e.detail) from None
 
 
-def _threshold_label(spec: DatasetSpec, opts: RasterOptions, m: MaskPattern) -> str:
+def _threshold_label(spec: DatasetSpec, opts: RasterOptions, m: MaskPattern) -> str | None:
+    if m.empty:
+        return None  # no label: the mask must be empty
     raw = m.label or opts.label
     if raw is None:
         if len(spec.labels) != 1:
@@ -146,24 +308,90 @@ def _threshold_label(spec: DatasetSpec, opts: RasterOptions, m: MaskPattern) -> 
     return resolve_label(spec, raw).label
 
 
+def _image_label(spec: DatasetSpec, opts: RasterOptions, raw: str) -> str:
+    """A spec label (canonical spelling), or a normal marker passed through as the spec writes it."""
+    for normal in opts.normal_labels:
+        if raw.strip().lower() == normal.lower():
+            return normal
+    return resolve_label(spec, raw).label
+
+
+def _image_labels(spec: DatasetSpec, opts: RasterOptions, image_rel: str, mask_rels: list[str]) -> list[str]:
+    out: list[str] = []
+    for rule in opts.image_labels:
+        for target in [image_rel] if rule.path == "image" else mask_rels:
+            m = re.search(rule.regex, target)
+            if m is None or m.group("label") is None:
+                continue
+            raw = m.group("label")
+            if rule.map is not None:
+                if raw not in rule.map:
+                    raise ReadError(
+                        "bad_label_value",
+                        f"{target}: '{raw}' is not in image_labels map ({', '.join(sorted(rule.map))})",
+                    )
+                raw = rule.map[raw]
+            out.append(_image_label(spec, opts, raw))
+    return list(dict.fromkeys(out))
+
+
 def _excluded(rel: Path, patterns: list[str]) -> bool:
     posix = rel.as_posix()
     return any(fnmatch.fnmatch(posix, p) or fnmatch.fnmatch(rel.name, p) for p in patterns)
 
 
-def _find_masks(root: Path, opts: RasterOptions, image: Path) -> list[tuple[int, Path]]:
-    """(pattern index, file) of every mask of one image, in pattern order then name order."""
-    stem, folder = image.stem, image.parent.relative_to(root).as_posix()
-    found = []
+def _find_case(spec: DatasetSpec, opts: RasterOptions, finder: _MaskFinder, root: Path, image: Path) -> _Case:
+    rel = image.relative_to(root).as_posix()
+    case = _Case(fields={"stem": image.stem, "dir": posixpath.dirname(rel) or "."})
+    if opts.name_regex is not None:
+        m = re.search(opts.name_regex, rel)
+        if m is None:
+            case.error = ("unexpected_name", f"{rel} does not match format.options.name_regex")
+            return case
+        case.fields.update(m.groupdict(default=""))
+    if opts.numbered_groups is not None and image.stem.isdigit():
+        group = opts.numbered_groups.group_of(int(image.stem))
+        if group is not None:
+            case.fields["group"] = group
     for i, m in enumerate(opts.mask_patterns()):
-        if glob.has_magic(m.pattern.replace("{stem}", "").replace("{dir}", "")):
-            pattern = m.pattern.format(stem=glob.escape(stem), dir=glob.escape(folder))
-            paths = sorted(p for p in root.glob(str(PurePosixPath(pattern))) if p.is_file())
-        else:
-            p = root / PurePosixPath(m.pattern.format(stem=stem, dir=folder))
-            paths = [p] if p.is_file() else []
-        found += [(i, p) for p in paths]
-    return found
+        if m.when is not None and not fnmatch.fnmatchcase(rel, m.when):
+            continue
+        found = finder.find(m.pattern, case.fields)
+        if not found and m.required and case.error is None:
+            expected = m.pattern.format(**case.fields)
+            case.error = ("missing_file", f"{raw_path(spec, expected)} (the mask of {raw_path(spec, rel)})")
+        case.masks += [(i, p) for p in found]
+    return case
+
+
+class _MaskFinder:
+    """Mask files of one pattern for one image. Wildcards in a file name are matched against a cached listing
+    of the folder (BUSI: every image looks for ``{stem}_mask_*.png`` in a folder of ~1,300 files)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._listings: dict[str, list[str]] = {}
+
+    def find(self, pattern: str, fields: dict[str, str]) -> list[Path]:
+        if not glob.has_magic(_literal(pattern)):
+            path = self.root / PurePosixPath(pattern.format(**fields))
+            return [path] if path.is_file() else []
+        rel = pattern.format(**{k: glob.escape(v) for k, v in fields.items()})
+        head, tail = posixpath.split(rel)
+        if not glob.has_magic(head):
+            return [self.root / head / n for n in self._names(head) if fnmatch.fnmatchcase(n, tail)]
+        found = (p for p in self.root.glob(rel) if p.is_file())
+        return sorted(p for p in found if not is_junk(p.relative_to(self.root)))
+
+    def _names(self, folder: str) -> list[str]:
+        if folder not in self._listings:
+            try:
+                with os.scandir(self.root / folder) as it:
+                    names = [e.name for e in it if e.is_file() and not is_junk(PurePosixPath(e.name))]
+            except OSError:
+                names = []
+            self._listings[folder] = sorted(names)
+        return self._listings[folder]
 
 
 def _load_boxes_json(root: Path, name: str) -> dict[str, object]:
@@ -195,13 +423,16 @@ def _kvasir_entry(entry: object) -> dict[str, object]:
 def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
     raise_item_error(item)
     opts = parse_options(spec, RasterOptions)
+    meta = item.meta_dict()
     image_rel = file_of(item, "image")
     image, intensity = load_image(existing(raw_root, image_rel), image_rel, grey=opts.grey)
-    frame = Frame(item=item, image=image, intensity=intensity)
+    frame = Frame(
+        item=item, image=image, intensity=intensity, image_labels=list(meta.get("image_labels", ()))
+    )
     mask_files = files_of(item, "mask")
     if mask_files:
         _add_masks(frame, spec, opts, raw_root, item, mask_files)
-    elif "boxes" in item.meta_dict():
+    elif "boxes" in meta:
         frame.boxes = _boxes(spec, item, frame.shape)
     elif opts.require_annotation:
         raise ReadError("missing_file", f"no mask or box for {image_rel}")
@@ -217,14 +448,49 @@ def _add_masks(
     mask_files: list[str],
 ) -> None:
     labels = item.meta_dict().get("mask_labels", ())
+    masks: list[tuple[str, np.ndarray]] = []
     for n, rel in enumerate(mask_files):
         mask = load_mask(existing(raw_root, rel), rel)
         if mask.shape != frame.shape:
             raise ReadError("shape_mismatch", f"mask {mask.shape[:2]} != image {frame.shape} ({rel})")
         if opts.mask_mode == "threshold":
-            frame.masks.append((labels[n], mask > opts.threshold))
+            binary = mask > opts.threshold
+            if not binary.any():
+                _check_not_low_coded(mask, opts.threshold, rel)
+            if labels[n] is None:
+                if binary.any():
+                    raise ReadError(
+                        "bad_label_value",
+                        f"{rel}: {int(binary.sum())} foreground pixels in a mask that must be empty",
+                    )
+                continue
+            masks.append((labels[n], binary))
+        elif opts.mask_mode == "ranges":
+            for label, (lo, hi) in opts.ranges.items():
+                masks.append((resolve_label(spec, label).label, (mask >= lo) & (mask <= hi)))
         else:
             _merge_label_map(frame, spec, opts, mask, rel)
+    frame.masks = _union_by_label(masks) if opts.merge_masks else masks
+
+
+def _check_not_low_coded(mask: np.ndarray, threshold: float, rel: str) -> None:
+    """A mask holding exactly 0 and one value at or below the threshold is a 0/1 (0/k) coded mask, not an
+    empty one: refuse it rather than silently read it as empty. Lossy noise has many values, never two."""
+    values = np.unique(mask)
+    if values.size == 2 and values[0] == 0:
+        v = values[1].item()
+        raise ReadError(
+            "bad_label_value",
+            f"{rel}: mask values are 0 and {v}, all at or below threshold {threshold:g}: a 0/{v}-coded mask? "
+            f"(set format.options.threshold below {v})",
+        )
+
+
+def _union_by_label(masks: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    merged: dict[str, np.ndarray] = {}
+    for label, mask in masks:
+        merged[label] = mask if label not in merged else merged[label] | mask
+    return list(merged.items())
 
 
 def _merge_label_map(
