@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from medpclip import demo
 from medpclip.frame import Frame, ReadError, SourceFile, SourceItem
-from medpclip.sources import READERS, get_reader, raster, tables, volumes
+from medpclip.sources import READERS, dicom, get_reader, raster, tables, volumes
 from medpclip.specs import DatasetSpec, parse_spec, resolve_spec
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
@@ -69,10 +69,10 @@ def _spec(base: str, **changes) -> DatasetSpec:
 
 
 def test_registry_maps_families_to_modules():
-    assert READERS == {"volumes": volumes, "raster": raster, "tables": tables}
+    assert READERS == {"volumes": volumes, "raster": raster, "tables": tables, "dicom": dicom}
     assert get_reader("tables") is tables
-    with pytest.raises(ValueError, match="unknown format family 'dicom'"):
-        get_reader("dicom")
+    with pytest.raises(ValueError, match="unknown format family 'nope'"):
+        get_reader("nope")
 
 
 def test_unknown_option_is_refused_at_discovery(raw):

@@ -26,8 +26,8 @@ from medpclip.specs import DatasetSpec
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # Modules whose code decides the bytes of a sample; a change to any of them changes every fingerprint.
 _OUTPUT_CODE = ("frame.py", "imaging.py", "regions.py", "specs.py", "sources", "text", "corpus")
-# Items per unit by family: a few volumes (hundreds of slices each) or a few thousand 2D images.
-_UNIT_ITEMS_DEFAULT = {"volumes": 4, "raster": 2000, "tables": 2000}
+# Items per unit by family: a few volumes or series (hundreds of slices each) or a few thousand 2D images.
+_UNIT_ITEMS_DEFAULT = {"volumes": 4, "dicom": 4, "raster": 2000, "tables": 2000}
 _UNIT_ITEMS_FALLBACK = 64
 
 

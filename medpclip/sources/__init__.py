@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from medpclip.sources import raster, tables, volumes
+from medpclip.sources import dicom, raster, tables, volumes
 
-READERS: dict[str, ModuleType] = {"volumes": volumes, "raster": raster, "tables": tables}
+READERS: dict[str, ModuleType] = {"volumes": volumes, "raster": raster, "tables": tables, "dicom": dicom}
 
 
 def get_reader(family: str) -> ModuleType:

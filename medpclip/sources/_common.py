@@ -162,13 +162,24 @@ def _open(path: Path, rel: str) -> Image.Image:
         raise ReadError("unreadable_image", f"{rel}: {type(e).__name__}: {e}") from None
 
 
-def load_image(path: Path, rel: str, grey: bool = False) -> tuple[np.ndarray, Intensity]:
+def load_image(
+    path: Path, rel: str, grey: bool = False, *, dicom_voi: bool = True
+) -> tuple[np.ndarray, Intensity]:
     """An image file → (H, W) or (H, W, 3) array and its intensity meaning.
 
     8-bit images come back as ``uint8``; palette, alpha, CMYK, YCbCr and 1-bit images are converted to RGB
     (or L with ``grey``). 16/32-bit greyscale comes back unchanged as ``raw`` scanner values. ``grey`` forces
     one channel: a greyscale dataset's occasional RGB/RGBA file has equal channels, so L loses nothing.
+
+    DICOM files (``.dcm``/``.dicom``/…, or no suffix and the DICM preamble) go through
+    :func:`medpclip.sources.dicom.load_dicom_image`: CT → ``hu``; other grey images display-correct
+    (MONOCHROME1 inverted) as ``uint8`` through the file's VOI LUT/window (``dicom_voi``) or when stored in
+    8 bits, else ``raw``.
     """
+    from medpclip.sources import dicom  # imported here: dicom builds on this module
+
+    if dicom.is_dicom_path(path):
+        return dicom.load_dicom_image(path, rel, voi=dicom_voi, grey=grey)
     with _open(path, rel) as img:
         if img.mode in _WIDE_MODES:
             return np.asarray(img), "raw"

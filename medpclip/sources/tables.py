@@ -1,40 +1,78 @@
-"""Images described by tables: a per-image table (image-level labels, patient, study), a box table and
-official split lists — NIH ChestX-ray14 style.
+"""Images described by tables: per-image label tables, box tables (one row per box, per reader), RLE mask tables
+and official split lists — NIH ChestX-ray14, VinDr-CXR (PhysioNet and Kaggle schemas), RSNA Pneumonia,
+SIIM-ACR Pneumothorax.
 
-Options (``spec.format.options``), paths relative to the dataset folder:
+Options (``spec.format.options``), paths relative to the dataset folder. Every ``file`` may be one name or a
+list of ALTERNATIVE names, of which the first that exists is read (NIH ``Data_Entry_2017_v2020.csv`` or the
+older ``Data_Entry_2017.csv``). Each table option also takes a list of tables (train and test tables of one
+dataset); a table's ``split`` gives the images it names that official split. Column names are matched after
+stripping spaces (SIIM's header is ``ImageId, EncodedPixels``: the column is ``' EncodedPixels'``).
 
-- ``images: "images/*.png"`` — glob or list of globs (``**`` allowed). Tables name images by FILE NAME; an
-  image is found by its name wherever the globs find it (NIH ships 12 archives that may unpack to several
-  folders).
-- ``image_table: {file, image_column, labels_column, separator: "|", normal_labels: [...], study_column,
-  report_column}`` — one row per image, read with the ``csv`` module (UTF-8, BOM tolerated, a trailing
-  comma in the header tolerated). The row's columns are the ``fields`` the spec's ``patient_id.field``
-  names. ``labels_column`` holds image-level labels split by ``separator``; each must be a spec label (or
-  alias), except the ``normal_labels`` (e.g. ``No Finding``), which mark an image as normal, are no region
-  and pass through to ``Frame.image_labels`` unchanged.
-- ``boxes_table: {file, columns: [image, label, x, y, w, h], box_format: xywh|xyxy, skip_header: true}`` —
-  columns are taken BY POSITION (NIH's header has 9 fields for 6-field rows); ``columns`` names the role of
-  each position (``null`` skips one). Roles: ``image``, ``label`` and ``x, y, w, h`` (xywh) or
-  ``x0, y0, x1, y1`` (xyxy). Box labels go through the spec's aliases (NIH ``Infiltrate`` → ``Infiltration``).
-- ``split_lists: {train: train_val_list.txt, test: test_list.txt}`` — one image name per line; the official
-  split of each image (split names among train/val/test).
+- ``images: "images/*.png"`` — glob or list of globs (``**`` allowed).
+- ``match: name|stem`` — tables name images by file NAME (NIH ``00000001_000.png``, the default) or by file STEM
+  (VinDr ``image_id`` for ``train/<image_id>.dicom``, RSNA ``patientId``, SIIM ``ImageId`` = the SOP UID that
+  names ``dicom-images-train/<study>/<series>/<ImageId>.dcm``). An image is found by its name/stem wherever the
+  globs find it. The case id is the stem.
+- ``image_table: {file, image_column, labels_column, separator: "|", label_columns, normal_labels,
+  several_rows, min_votes, study_column, report_column, split}`` — read with the ``csv`` module (UTF-8, BOM
+  tolerated, a trailing comma in the header tolerated). The row's columns are the ``fields`` the spec's
+  ``patient_id.field`` names. Image-level labels come from ``labels_column`` (split by ``separator``) and/or
+  ``label_columns`` (0/1 columns named by the label: VinDr ``image_labels_*.csv``; ``auto`` = every column but
+  the image, study, report and ``ignore_columns`` ones, such as ``rad_id``, which may be absent); each must be a
+  spec label (or alias: VinDr's train table says ``Other diseases``, its test table ``Other disease``) or one of
+  the ``normal_labels`` (``No Finding``), which are no region and pass through to ``Frame.image_labels`` as
+  written. One row per image, unless ``several_rows`` (one row per reader): then a
+  0/1 label is on the image when at least ``min_votes`` rows mark it. Exact duplicate rows are ignored (RSNA's
+  class table repeats each row once per box); differing rows for one image are ``duplicate_row``.
+- ``boxes_table: {file, columns, box_format: xywh|xyxy, skip_header, label, normal_labels, image_labels,
+  split}`` — one row per box. ``columns`` is either a LIST naming the role of each position (NIH: its header
+  has 9 fields for 6-field rows; ``null`` skips a position) or a MAPPING role → header name (VinDr, RSNA).
+  Roles: ``image``, ``label``, ``annotator`` (optional; kept in ``Box.annotator``: VinDr ``rad_id``) and
+  ``x, y, w, h`` (xywh) or ``x0, y0, x1, y1`` (xyxy). Without a label column every box gets ``label`` (RSNA:
+  ``Lung Opacity``). A row whose coordinates are ALL empty names its image without a box: a ``normal_labels``
+  row (VinDr ``No finding``), a row of a table without a label column (RSNA ``Target`` 0), or — with
+  ``image_labels`` — a finding stated without a box (image-level only); otherwise, and for partly empty
+  coordinates, ``bad_row``. ``image_labels: true`` also puts each image's box labels and unboxed findings (or,
+  when it has none, its normal labels) into ``Frame.image_labels``. The annotator column may be absent (a
+  consensus table): its boxes then have no annotator. Box labels go through the spec's aliases (NIH ``Infiltrate``
+  → ``Infiltration``). Boxes stay in the image's ORIGINAL pixel coordinates, as xyxy floats.
+- ``rle_table: {file, image_column, rle_column, label, empty: ["-1"], starts: relative|absolute, first_pixel,
+  order: F|C, image_labels, split}`` — run-length masks, several rows per image UNIONED (SIIM: one row per
+  disconnected region). ``starts: relative`` (SIIM train-rle.csv): each start counts from the end of the
+  previous run; ``absolute``: from pixel ``first_pixel`` (1 for Kaggle's standard RLE). ``order: F``: pixels
+  are numbered column by column (SIIM's decode-then-transpose), ``C``: row by row. The flat length is the
+  image's own height × width; a run outside it is ``bad_rle``. ``empty`` marks a row without mask.
+- ``split_lists: {train: train_val_list.txt, test: test_list.txt}`` — one image name per line.
+- A normal label reaches ``Frame.image_labels`` only when the image has no finding label from any table or
+  reader (VinDr: one reader's ``No finding`` beside another's nodule gives the nodule only).
 - ``grey: true`` — force one channel (NIH ships a few RGBA PNGs among greyscale ones).
+- ``dicom_voi: true`` — DICOM images: apply the file's VOI LUT/window (see ``sources.dicom``); MONOCHROME1 is
+  always inverted by the DICOM loader.
+- ``dicom_fields: [PatientID, StudyInstanceUID]`` — DICOM keywords read from each image's header at discovery
+  (no pixel data); they join the fields the spec's ``patient_id.field`` names (SIIM: ``PatientID``). They are
+  never written anywhere: only the patient id rule sees them.
+- ``study_field`` — the field (table column or DICOM keyword) that holds the study id.
 
-Every image a table names is an item, found on disk or not: a missing image is rejected at read
-(``missing_file``), an image on disk without a row of the image table as ``no_table_row``, a malformed
-box row as ``bad_row``. Boxes are handed over as xyxy floats in the image's own pixels.
+Which images are items: every image a table names, found on disk or not (a missing one is rejected at read,
+``missing_file``), and every image on disk. An image on disk that the dataset's index table does not name —
+the image table when there is one, else the RLE and box tables — is ``no_table_row``: a table that lists
+negatives explicitly (SIIM ``-1``, RSNA ``Target`` 0, VinDr ``No finding``) does not make an unlisted image a
+negative.
 """
 
 from __future__ import annotations
 
 import csv
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from medpclip.frame import Box, Frame, ReadError, SourceFile, SourceItem
+from medpclip.sources import dicom
 from medpclip.sources._common import (
     Options,
     existing,
@@ -54,40 +92,83 @@ from medpclip.specs import SPLITS, DatasetSpec
 _BOX_ROLES = {"xywh": ("x", "y", "w", "h"), "xyxy": ("x0", "y0", "x1", "y1")}
 
 
+def _split_name(v: str | None) -> str | None:
+    if v is not None and v not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}")
+    return v
+
+
 class ImageTable(Options):
-    file: str
+    file: str | list[str]
     image_column: str
     labels_column: str | None = None
     separator: str = "|"
+    label_columns: list[str] | Literal["auto"] = Field(default_factory=list)
+    ignore_columns: list[str] = Field(default_factory=list)
     normal_labels: list[str] = Field(default_factory=list)
+    several_rows: bool = False
+    min_votes: int = Field(default=1, ge=1)
     study_column: str | None = None
     report_column: str | None = None
+    split: str | None = None
+
+    _split = field_validator("split")(_split_name)
 
 
 class BoxTable(Options):
-    file: str
-    columns: list[str | None]
+    file: str | list[str]
+    columns: list[str | None] | dict[str, str]
     box_format: Literal["xywh", "xyxy"] = "xywh"
     skip_header: bool = True
+    label: str | None = None
+    normal_labels: list[str] = Field(default_factory=list)
+    image_labels: bool = False
+    split: str | None = None
+
+    _split = field_validator("split")(_split_name)
 
     @model_validator(mode="after")
     def _roles(self) -> BoxTable:
-        need = {"image", "label", *_BOX_ROLES[self.box_format]}
-        named = [c for c in self.columns if c]
-        if set(named) != need or len(named) != len(need):
-            raise ValueError(f"columns must name each of {sorted(need)} once (null to skip a position)")
+        coords = set(_BOX_ROLES[self.box_format])
+        need = {"image", *coords}
+        named = list(self.columns) if isinstance(self.columns, dict) else [c for c in self.columns if c]
+        allowed = need | {"label", "annotator"}
+        if len(named) != len(set(named)) or not need <= set(named) or set(named) - allowed:
+            raise ValueError(
+                f"columns must name each of {sorted(need)} once, optionally 'label' and 'annotator' "
+                "(null to skip a position)"
+            )
+        if ("label" in named) == (self.label is not None):
+            raise ValueError("give either a 'label' column or a constant 'label', not both or neither")
         return self
 
-    def position(self, role: str) -> int:
-        return self.columns.index(role)
+
+class RleTable(Options):
+    file: str | list[str]
+    image_column: str = "ImageId"
+    rle_column: str = "EncodedPixels"
+    label: str
+    empty: list[str] = Field(default_factory=lambda: ["-1"])
+    starts: Literal["relative", "absolute"] = "relative"
+    first_pixel: int = Field(default=0, ge=0)
+    order: Literal["F", "C"] = "F"
+    image_labels: bool = True
+    split: str | None = None
+
+    _split = field_validator("split")(_split_name)
 
 
 class TableOptions(Options):
     images: str | list[str]
-    image_table: ImageTable | None = None
-    boxes_table: BoxTable | None = None
+    match: Literal["name", "stem"] = "name"
+    image_table: ImageTable | list[ImageTable] | None = None
+    boxes_table: BoxTable | list[BoxTable] | None = None
+    rle_table: RleTable | list[RleTable] | None = None
     split_lists: dict[str, str] = Field(default_factory=dict)
     grey: bool = False
+    dicom_voi: bool = True
+    dicom_fields: list[str] = Field(default_factory=list)
+    study_field: str | None = None
 
     @field_validator("split_lists")
     @classmethod
@@ -99,49 +180,116 @@ class TableOptions(Options):
     def first_glob(self) -> str:
         return self.images if isinstance(self.images, str) else self.images[0]
 
+    def tables(self, kind: str) -> list:
+        value = getattr(self, kind)
+        return [] if value is None else (value if isinstance(value, list) else [value])
+
 
 # --- discover ----------------------------------------------------------------------------------------------
 
 
+class _Found:
+    """What the tables say about the images, keyed by the tables' image names."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, tuple[str, str]] = {}
+        self.rows: dict[str, dict[str, str]] = {}
+        self.meta: dict[str, dict[str, object]] = defaultdict(dict)
+        self.splits: dict[str, str] = {}
+        self.indexed: set[str] = set()  # named by the index table(s)
+        self.named: set[str] = set()  # named by any table
+
+    def error(self, name: str, reason: str, detail: str) -> None:
+        self.errors.setdefault(name, (reason, detail))
+
+    def split(self, name: str, split: str | None, source: str) -> None:
+        if split is None:
+            return
+        if self.splits.setdefault(name, split) != split:
+            self.error(
+                name, "bad_split", f"{name} is in both the {self.splits[name]} and {split} sets ({source})"
+            )
+
+    def add_labels(self, name: str, labels: list[str]) -> None:
+        current = list(self.meta[name].get("image_labels", ()))
+        self.meta[name]["image_labels"] = tuple(current + [t for t in labels if t not in current])
+
+
 def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
     opts = parse_options(spec, TableOptions)
+    key_of = (lambda p: p.stem) if opts.match == "stem" else (lambda p: p.name)
     on_disk: dict[str, Path] = {}
     for p in glob_files(root, opts.images):
-        on_disk.setdefault(p.name, p)
-    errors: dict[str, tuple[str, str]] = {}
-    rows = _image_rows(root, opts.image_table, errors) if opts.image_table else {}
-    boxes = _box_rows(root, opts.boxes_table, errors) if opts.boxes_table else {}
-    splits = _split_lists(root, opts.split_lists, errors)
+        on_disk.setdefault(key_of(p), p)
 
-    names = set(rows) | set(boxes) | set(on_disk)
+    found = _Found()
+    image_tables, rle_tables, box_tables = (
+        opts.tables("image_table"),
+        opts.tables("rle_table"),
+        opts.tables("boxes_table"),
+    )
+    for table in image_tables:
+        _image_rows(spec, root, table, found, index=True)
+    for table in rle_tables:
+        _rle_rows(root, table, found, index=not image_tables)
+    for table in box_tables:
+        _box_rows(root, table, found, index=not image_tables and not rle_tables)
+    _split_lists(root, opts.split_lists, found)
+
+    names = found.named | set(on_disk)
     fallback_dir = literal_dir(opts.first_glob())
+    suffix = PurePosixPath(opts.first_glob()).suffix if opts.match == "stem" else ""
+    study_column = next((t.study_column for t in image_tables if t.study_column), None)
     items = []
     for name in names:
         path = (
             on_disk[name].relative_to(root).as_posix()
             if name in on_disk
-            else (fallback_dir / name).as_posix()
+            else (fallback_dir / (name + suffix)).as_posix()
         )
-        row = rows.get(name)
-        error = errors.get(name)
-        if opts.image_table is not None and row is None:
-            error = error or ("no_table_row", f"{name} has no row in {opts.image_table.file}")
-        meta = _row_meta(opts.image_table, row) if row is not None else {}
-        if name in boxes:
-            meta["boxes"] = tuple(boxes[name])
+        row = dict(found.rows.get(name) or {})
+        error = found.errors.get(name)
+        if name in on_disk and name not in found.indexed and (image_tables or rle_tables or box_tables):
+            index = ", ".join(_names((image_tables or rle_tables or box_tables)[0].file))
+            error = error or ("no_table_row", f"{name} has no row in {index}")
+        if name not in on_disk:  # named by a table, absent from the folder
+            error = error or ("missing_file", raw_path(spec, path))
+        if opts.dicom_fields and name in on_disk and error is None:
+            try:
+                row.update(dicom.read_header_fields(on_disk[name], raw_path(spec, path), opts.dicom_fields))
+            except ReadError as e:
+                error = (e.reason, e.detail)
+        study = (
+            row.get(opts.study_field)
+            if opts.study_field
+            else (row.get(study_column) if study_column else None)
+        )
         items.append(
             make_item(
                 spec,
-                PurePosixPath(name).stem,
+                name if opts.match == "stem" else PurePosixPath(name).stem,
                 [SourceFile("image", raw_path(spec, path))],
                 fields=row,
-                study_id=(row or {}).get(opts.image_table.study_column) if opts.image_table else None,
-                official_split=splits.get(name),
-                meta=meta,
+                study_id=study or None,
+                official_split=found.splits.get(name),
+                meta=found.meta.get(name, {}),
                 error=error,
             )
         )
     yield from sorted_items(items)
+
+
+def _names(file: str | list[str]) -> list[str]:
+    return [file] if isinstance(file, str) else list(file)
+
+
+def _pick(root: Path, file: str | list[str]) -> str:
+    """The first of the alternative names that exists (missing_file naming them all when none does)."""
+    names = _names(file)
+    for name in names:
+        if (root / name).is_file():
+            return name
+    raise ReadError("missing_file", " or ".join(names))
 
 
 def _read_csv(root: Path, name: str) -> list[list[str]]:
@@ -154,76 +302,179 @@ def _read_csv(root: Path, name: str) -> list[list[str]]:
         raise ReadError("unreadable_table", f"{name}: {type(e).__name__}: {e}") from None
 
 
-def _image_rows(
-    root: Path, table: ImageTable, errors: dict[str, tuple[str, str]]
-) -> dict[str, dict[str, str]]:
-    """Image name → {column: value}. Empty header names (a trailing comma) are no column."""
-    lines = _read_csv(root, table.file)
+def _header_table(
+    root: Path, file: str | list[str], columns: list[str | None]
+) -> tuple[str, list[str], list[list[str]]]:
+    """(file name, header, data rows) of a table with a header; refuses a column the header lacks."""
+    name = _pick(root, file)
+    lines = _read_csv(root, name)
     if not lines:
-        raise ReadError("unreadable_table", f"{table.file}: empty")
+        raise ReadError("unreadable_table", f"{name}: empty")
     header = lines[0]
-    for col in (table.image_column, table.labels_column, table.study_column, table.report_column):
-        if col is not None and col not in header:
+    for col in columns:
+        if col is not None and col.strip() not in header:
             raise ReadError(
-                "bad_option",
-                f"{table.file} has no column '{col}' (header: {', '.join(h for h in header if h)})",
+                "bad_option", f"{name} has no column '{col}' (header: {', '.join(h for h in header if h)})"
             )
-    rows: dict[str, dict[str, str]] = {}
-    for cells in lines[1:]:
-        if not any(cells):
-            continue
+    return name, header, [cells for cells in lines[1:] if any(cells)]
+
+
+def _image_rows(spec: DatasetSpec, root: Path, table: ImageTable, found: _Found, index: bool) -> None:
+    """Rows → fields, image-level labels, report and official split of each image."""
+    explicit = [] if table.label_columns == "auto" else table.label_columns
+    cols = [table.image_column, table.labels_column, table.study_column, table.report_column, *explicit]
+    name, header, lines = _header_table(root, table.file, cols)
+    label_columns = explicit
+    if table.label_columns == "auto":
+        skip = {c.strip() for c in (*cols, *table.ignore_columns) if c}
+        label_columns = [h for h in header if h and h not in skip]
+        known = set(spec.label_by_name()) | {n.lower() for n in table.normal_labels}
+        for h in label_columns:
+            if h.lower() not in known:
+                raise ReadError(
+                    "bad_option",
+                    f"{name}: column '{h}' is neither a spec label (or alias) nor in ignore_columns",
+                )
+    by_image: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for cells in lines:
         row = {h: v for h, v in zip(header, cells, strict=False) if h}
-        name = row.get(table.image_column, "")
-        if not name:
+        image = row.get(table.image_column.strip(), "")
+        if not image:
             continue
-        if name in rows:
-            errors.setdefault(name, ("duplicate_row", f"{name} has several rows in {table.file}"))
+        seen = by_image[image]
+        if row in seen:
+            continue  # an exact repeat (RSNA's class table repeats a row per box)
+        if seen and not table.several_rows:
+            found.error(image, "duplicate_row", f"{image} has several differing rows in {name}")
             continue
-        rows[name] = row
-    return rows
+        seen.append(row)
+    for image, rows in by_image.items():
+        found.named.add(image)
+        if index:
+            found.indexed.add(image)
+        found.rows.setdefault(image, rows[0])
+        found.split(image, table.split, name)
+        labels: list[str] = []
+        if table.labels_column:
+            for row in rows:
+                labels += [t.strip() for t in row.get(table.labels_column.strip(), "").split(table.separator)]
+        for col in label_columns:
+            votes = sum(1 for row in rows if _is_one(row.get(col.strip(), "")))
+            if votes >= table.min_votes:
+                labels.append(col.strip())
+        labels = [t for t in labels if t]
+        if table.labels_column or label_columns:
+            found.add_labels(image, labels)
+            found.meta[image]["normal_labels"] = tuple(
+                dict.fromkeys([*found.meta[image].get("normal_labels", ()), *table.normal_labels])
+            )
+        if table.report_column and rows[0].get(table.report_column.strip()):
+            found.meta[image]["report"] = rows[0][table.report_column.strip()]
 
 
-def _row_meta(table: ImageTable | None, row: dict[str, str]) -> dict[str, object]:
-    """What `read` needs from a row: the raw label tokens and the report (not the other columns)."""
-    meta: dict[str, object] = {}
-    if table is None:
-        return meta
-    if table.labels_column:
-        tokens = [t.strip() for t in row.get(table.labels_column, "").split(table.separator)]
-        meta["image_labels"] = tuple(t for t in tokens if t)
-    if table.report_column and row.get(table.report_column):
-        meta["report"] = row[table.report_column]
-    return meta
+def _is_one(v: str) -> bool:
+    try:
+        return float(v) >= 0.5
+    except ValueError:
+        return False
 
 
-def _box_rows(root: Path, table: BoxTable, errors: dict[str, tuple[str, str]]) -> dict[str, list[tuple]]:
-    """Image name → [(raw label, x0, y0, x1, y1)]; a malformed row marks its image with an error."""
-    lines = _read_csv(root, table.file)[1 if table.skip_header else 0 :]
+def _box_rows(root: Path, table: BoxTable, found: _Found, index: bool) -> None:
+    """Rows → [(raw label, x0, y0, x1, y1, annotator)] per image; a malformed row marks its image."""
     roles = _BOX_ROLES[table.box_format]
-    out: dict[str, list[tuple]] = {}
-    for n, cells in enumerate(lines, start=2 if table.skip_header else 1):
-        if not any(cells):
+    if isinstance(table.columns, dict):
+        required = [col for role, col in table.columns.items() if role != "annotator"]
+        name, header, lines = _header_table(root, table.file, required)
+        # the reader column is optional: a consensus table (VinDr test) may not have one
+        position = {
+            role: header.index(col.strip()) for role, col in table.columns.items() if col.strip() in header
+        }
+        first_line = 2
+    else:
+        name = _pick(root, table.file)
+        lines = [c for c in _read_csv(root, name)[1 if table.skip_header else 0 :] if any(c)]
+        position = {role: i for i, role in enumerate(table.columns) if role}
+        first_line = 2 if table.skip_header else 1
+    normal = {n.lower() for n in table.normal_labels}
+    boxes: dict[str, list[tuple]] = defaultdict(list)
+    normals: dict[str, list[str]] = defaultdict(list)
+    unboxed: dict[str, list[str]] = defaultdict(list)
+    for n, cells in enumerate(lines, start=first_line):
+        row = {role: cells[i] if i < len(cells) else "" for role, i in position.items()}
+        get = row.__getitem__
+        image = get("image")
+        if not image:
             continue
-        name = cells[table.position("image")] if len(cells) > table.position("image") else ""
-        if not name:
+        found.named.add(image)
+        if index:
+            found.indexed.add(image)
+        found.split(image, table.split, name)
+        label = get("label") if "label" in position else table.label
+        annotator = (get("annotator") or None) if "annotator" in position else None
+        values = [get(r) for r in roles]
+        boxes.setdefault(image, [])
+        if not any(values):
+            if label.lower() in normal:
+                normals[image].append(label)
+            elif "label" in position and table.image_labels:
+                unboxed[image].append(label)  # a finding stated without a box: image-level only
+            elif "label" in position:
+                found.error(image, "bad_row", f"{name} line {n}: '{label}' without coordinates")
             continue
-        boxes = out.setdefault(name, [])
+        if label.lower() in normal:
+            found.error(image, "bad_row", f"{name} line {n}: '{label}' with coordinates {values}")
+            continue
         try:
-            label = cells[table.position("label")]
-            a, b, c, d = (float(cells[table.position(r)]) for r in roles)
-        except (IndexError, ValueError) as e:
-            errors.setdefault(name, ("bad_row", f"{table.file} line {n}: {type(e).__name__}: {e}"))
+            a, b, c, d = (float(v) for v in values)
+        except ValueError as e:
+            found.error(image, "bad_row", f"{name} line {n}: {type(e).__name__}: {e}")
             continue
         x0, y0, x1, y1 = (a, b, a + c, b + d) if table.box_format == "xywh" else (a, b, c, d)
         if not (x1 > x0 and y1 > y0):
-            errors.setdefault(name, ("bad_row", f"{table.file} line {n}: empty box {cells}"))
+            found.error(image, "bad_row", f"{name} line {n}: empty box {values}")
             continue
-        boxes.append((label, x0, y0, x1, y1))
-    return out
+        boxes[image].append((label, x0, y0, x1, y1, annotator))
+    for image, image_boxes in boxes.items():
+        meta = found.meta[image]
+        meta["boxes"] = tuple(meta.get("boxes", ())) + tuple(image_boxes)
+        if table.image_labels:
+            labels = [b[0] for b in image_boxes] + unboxed.get(image, [])
+            found.add_labels(image, list(dict.fromkeys(labels or normals.get(image, []))))
+        if normals.get(image):
+            meta["normal_labels"] = tuple(
+                dict.fromkeys([*meta.get("normal_labels", ()), *table.normal_labels])
+            )
 
 
-def _split_lists(root: Path, lists: dict[str, str], errors: dict[str, tuple[str, str]]) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _rle_rows(root: Path, table: RleTable, found: _Found, index: bool) -> None:
+    """Rows → the non-empty RLE strings of each image (unioned at read)."""
+    name, header, lines = _header_table(root, table.file, [table.image_column, table.rle_column])
+    i_image, i_rle = header.index(table.image_column.strip()), header.index(table.rle_column.strip())
+    empty = {e.strip() for e in table.empty}
+    rles: dict[str, list[str]] = defaultdict(list)
+    for cells in lines:
+        image = cells[i_image] if i_image < len(cells) else ""
+        if not image:
+            continue
+        found.named.add(image)
+        if index:
+            found.indexed.add(image)
+        found.split(image, table.split, name)
+        value = cells[i_rle] if i_rle < len(cells) else ""
+        rles.setdefault(image, [])
+        if value not in empty:
+            rles[image].append(value)
+    for image, runs in rles.items():
+        meta = found.meta[image]
+        if runs:
+            meta["rle"] = tuple(meta.get("rle", ())) + tuple(runs)
+            meta["rle_label"] = table.label
+            meta["rle_format"] = (table.starts, table.first_pixel, table.order)
+            if table.image_labels:
+                found.add_labels(image, [table.label])
+
+
+def _split_lists(root: Path, lists: dict[str, str], found: _Found) -> None:
     for split, name in sorted(lists.items()):
         try:
             lines = (root / name).read_text(encoding="utf-8-sig").splitlines()
@@ -232,13 +483,45 @@ def _split_lists(root: Path, lists: dict[str, str], errors: dict[str, tuple[str,
         except (OSError, UnicodeDecodeError) as e:
             raise ReadError("unreadable_table", f"{name}: {type(e).__name__}: {e}") from None
         for image in (s.strip() for s in lines):
-            if not image:
-                continue
-            if out.setdefault(image, split) != split:
-                errors.setdefault(
-                    image, ("bad_split", f"{image} is in both the {out[image]} and {split} lists")
-                )
-    return out
+            if image:
+                found.split(image, split, name)
+
+
+# --- RLE ---------------------------------------------------------------------------------------------------
+
+
+def decode_rle(
+    text: str,
+    shape: tuple[int, int],
+    *,
+    starts: Literal["relative", "absolute"] = "relative",
+    first_pixel: int = 0,
+    order: Literal["F", "C"] = "F",
+) -> np.ndarray:
+    """A run-length string ``"start length start length …"`` → bool mask of ``shape`` (H, W).
+
+    ``relative`` starts count from the end of the previous run (SIIM-ACR train-rle.csv, the organizers'
+    ``rle2mask``); ``absolute`` ones from pixel ``first_pixel``. ``order="F"``: flat index = column × H + row.
+    Raises ValueError on a malformed string or a run outside the image."""
+    h, w = shape
+    try:
+        numbers = [int(v) for v in text.split()]
+    except ValueError:
+        raise ValueError(f"not a list of integers: {text[:40]!r}") from None
+    if len(numbers) % 2:
+        raise ValueError(f"odd number of values ({len(numbers)})")
+    flat = np.zeros(h * w, dtype=bool)
+    position = 0
+    for start, length in zip(numbers[0::2], numbers[1::2], strict=True):
+        if length < 0 or start < 0:
+            raise ValueError(f"negative run ({start} {length})")
+        begin = position + start if starts == "relative" else start - first_pixel
+        end = begin + length
+        if begin < 0 or end > h * w:
+            raise ValueError(f"run {start} {length} ends at pixel {end}, beyond the {h}x{w} image")
+        flat[begin:end] = True
+        position = end
+    return flat.reshape((h, w), order=order)
 
 
 # --- read --------------------------------------------------------------------------------------------------
@@ -248,23 +531,45 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     raise_item_error(item)
     opts = parse_options(spec, TableOptions)
     rel = file_of(item, "image")
-    image, intensity = load_image(existing(raw_root, rel), rel, grey=opts.grey)
+    path = existing(raw_root, rel)
+    spacing = None
+    if dicom.is_dicom_path(path):
+        img = dicom.read_dicom_image(path, rel, voi=opts.dicom_voi, grey=opts.grey)
+        image, intensity, spacing = img.array, img.intensity, img.spacing_mm
+    else:
+        image, intensity = load_image(path, rel, grey=opts.grey)
     meta = item.meta_dict()
     boxes = [
-        Box(resolve_label(spec, label).label, (x0, y0, x1, y1))
-        for label, x0, y0, x1, y1 in meta.get("boxes", ())
+        Box(resolve_label(spec, b[0]).label, (b[1], b[2], b[3], b[4]), b[5] if len(b) > 5 else None)
+        for b in meta.get("boxes", ())
     ]
+    masks = []
+    if meta.get("rle"):
+        starts, first_pixel, order = meta["rle_format"]
+        mask = np.zeros(image.shape[:2], dtype=bool)
+        for n, text in enumerate(meta["rle"]):
+            try:
+                mask |= decode_rle(text, image.shape[:2], starts=starts, first_pixel=first_pixel, order=order)
+            except ValueError as e:
+                raise ReadError("bad_rle", f"{rel}: run-length row {n + 1}: {e}") from None
+        masks.append((resolve_label(spec, meta["rle_label"]).label, mask))
     yield Frame(
         item=item,
         image=image,
         intensity=intensity,
+        spacing_mm=spacing,
         boxes=boxes,
-        image_labels=_image_labels(spec, meta.get("image_labels", ()), opts.image_table),
+        masks=masks,
+        image_labels=_image_labels(spec, meta.get("image_labels", ()), meta.get("normal_labels", ())),
         report=meta.get("report"),
     )
 
 
-def _image_labels(spec: DatasetSpec, tokens, table: ImageTable | None) -> list[str]:
-    """Raw tokens → spec labels; 'normal' markers (e.g. No Finding) pass through as the dataset wrote them."""
-    normal_lower = {n.lower() for n in (table.normal_labels if table else ())}
-    return [t if t.lower() in normal_lower else resolve_label(spec, t).label for t in tokens]
+def _image_labels(spec: DatasetSpec, tokens, normal_labels) -> list[str]:
+    """Raw tokens → spec labels; 'normal' markers (e.g. No Finding) pass through as the dataset wrote them,
+    and only when the image has no finding (one VinDr reader's 'No finding' beside another's nodule)."""
+    normal_lower = {n.lower() for n in normal_labels}
+    findings = list(
+        dict.fromkeys(resolve_label(spec, t).label for t in tokens if t.lower() not in normal_lower)
+    )
+    return findings or list(dict.fromkeys(t for t in tokens if t.lower() in normal_lower))

@@ -1,0 +1,542 @@
+"""The DICOM family on real files from the pydicom wheel (CT, MR, a JPEG 2000 CT, a MONOCHROME1 CR, the SEG
+``liver_1frame.dcm``, ``rtstruct.dcm``) and on series this test writes itself with known truth (shuffled file
+names and instance numbers, enhanced multi-frame with per-frame rescale), plus broken files. No mocks."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels import apply_modality_lut, apply_windowing
+from pydicom.uid import (
+    MPEG2MPML,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
+
+from medpclip.frame import Frame, ReadError, SourceItem
+from medpclip.sources import dicom, get_reader
+from medpclip.sources._common import load_image
+from medpclip.specs import DatasetSpec, parse_spec
+
+TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
+
+
+def _real(name: str) -> Path:
+    path = get_testdata_file(name, download=False)
+    assert path is not None, f"{name} is not in the pydicom wheel"
+    return Path(path)
+
+
+def _spec(labels=(), **options) -> DatasetSpec:
+    return parse_spec(
+        {
+            "name": "dcm",
+            "root": "DCM",
+            "title": "DICOM test data",
+            "citation": "pydicom test files and series written by this test",
+            "licence": "MIT",
+            "access": "open",
+            "homepage": "https://pydicom.github.io",
+            "modality": "CT",
+            "body_part": "body",
+            "format": {"family": "dicom", "options": options},
+            "labels": list(labels) or [{"label": "liver", "name": "Liver", "category": "liver"}],
+            "intensity": {"kind": "ct_window", "window": "soft_tissue"},
+            "slicing": {"planes": ["ax"]},
+            "patient_id": {"field": "PatientID"},
+            "unit_items": 2,
+        }
+    )
+
+
+def _spec_planes(planes: list[str], **kw) -> DatasetSpec:
+    data = _spec(**kw).model_dump(mode="json")
+    data["slicing"]["planes"] = planes
+    return parse_spec(data)
+
+
+def _items(spec: DatasetSpec, raw: Path) -> dict[str, SourceItem]:
+    items = list(dicom.discover(spec, raw / spec.root))
+    assert [i.case_id for i in items] == sorted(i.case_id for i in items)
+    return {i.case_id: i for i in items}
+
+
+def _read(spec: DatasetSpec, raw: Path, item: SourceItem) -> list[Frame]:
+    """Read the item as a Ray worker gets it: through JSON."""
+    d = json.loads(json.dumps({"meta": list(item.meta)}))
+    item = SourceItem(
+        item.dataset, item.case_id, item.files, item.patient_id, item.study_id, item.official_split,
+        tuple((k, v) for k, v in d["meta"]),
+    )  # fmt: skip
+    return list(get_reader("dicom").read(spec, raw, item))
+
+
+def _write_slice(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    position,
+    series_uid: str,
+    study_uid: str = "1.2.826.0.1.3680043.8.498.1",
+    sop_uid: str | None = None,
+    instance: int = 1,
+    orientation=(1, 0, 0, 0, 1, 0),
+    spacing=(0.5, 0.5),
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    patient_id: str = "PAT-0001",
+    frame_of_reference: str = "1.2.826.0.1.3680043.8.498.2",
+    pixel_data: bool = True,
+) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.PatientID = patient_id
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = frame_of_reference
+    ds.InstanceNumber = instance
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.ImageOrientationPatient = [float(v) for v in orientation]
+    ds.PixelSpacing = [float(v) for v in spacing]
+    ds.SliceThickness = 1.0
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if pixel_data:
+        ds.PixelData = pixels.astype("<i2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+# --- series: slice order, geometry, HU --------------------------------------------------------------------
+
+
+def _shuffled_series(folder: Path, n: int = 6, shape=(32, 24)) -> np.ndarray:
+    """A CT series whose file names and instance numbers are in neither z nor any shared order. Returns the
+    true HU volume (k, rows, cols), k ascending in z."""
+    rng = random.Random(7)
+    names, instances = list(range(n)), list(range(1, n + 1))
+    rng.shuffle(names)
+    rng.shuffle(instances)
+    pattern = (np.arange(shape[0] * shape[1]).reshape(shape) * 7) % 50
+    truth = np.stack([pattern + 100 * k for k in range(n)]).astype(np.int16)
+    for k in range(n):
+        _write_slice(
+            folder / f"IM{names[k] * 37 % 101:04d}.dcm",
+            truth[k] + 1024,
+            position=(-10.0, -20.0, 2.5 + 5.0 * k),
+            series_uid="1.2.826.0.1.3680043.8.498.10",
+            instance=instances[k],
+            spacing=(0.7, 0.5),
+        )
+    return truth
+
+
+def test_series_is_ordered_by_position_not_by_names_or_instance_numbers(tmp_path):
+    truth = _shuffled_series(tmp_path / "DCM" / "patient1" / "series_a")
+    (tmp_path / "DCM" / "patient1" / "series_a" / "._IM0001.dcm").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    (tmp_path / "DCM" / "README.txt").write_text("not an image")
+    spec = _spec_planes(["ax", "co"])
+    items = _items(spec, tmp_path)
+    assert list(items) == ["patient1/series_a"]
+    item = items["patient1/series_a"]
+    assert [f.role for f in item.files] == ["image"] * 6 and item.meta_dict() == {"kind": "series"}
+    assert item.patient_id == "PAT-0001"  # raw here; the build hashes it
+    assert "PAT-0001" not in json.dumps([item.case_id, list(item.meta), [f.path for f in item.files]])
+
+    frames = _read(spec, tmp_path, item)
+    ax = [f for f in frames if f.plane == "ax"]
+    co = [f for f in frames if f.plane == "co"]
+    assert [f.slice_index for f in ax] == list(range(6)) and len(co) == 32
+    for f in ax:  # axial display of an axial LPS series is the stored image; index counts inferior → superior
+        assert f.intensity == "hu" and f.image.dtype == np.int16 and f.spacing_mm == (0.7, 0.5)
+        assert np.array_equal(f.image, truth[f.slice_index])
+        assert f.modality == "CT"
+    for f in co:  # coronal index j runs posterior → anterior (rows are anterior-first); superior at the top
+        assert f.image.shape == (6, 24) and f.spacing_mm == (5.0, 0.5)
+        assert np.array_equal(f.image, truth[::-1, 31 - f.slice_index, :])
+
+
+def test_real_ct_series_from_the_wheel(tmp_path):
+    """pydicom's dicomdirtests CT5N: five 16×16 CT slices whose InstanceNumber runs superior → inferior."""
+    files = sorted((TEST_FILES / "dicomdirtests" / "98892001" / "CT5N").iterdir())
+    folder = tmp_path / "DCM" / "ct5n"
+    folder.mkdir(parents=True)
+    for n, f in enumerate(reversed(files)):
+        shutil.copy(f, folder / f"slice{n}")  # no suffix: found by the DICM preamble
+    spec = _spec()
+    (item,) = _items(spec, tmp_path).values()
+    frames = _read(spec, tmp_path, item)
+    by_z = sorted((pydicom.dcmread(f) for f in files), key=lambda d: float(d.ImagePositionPatient[2]))
+    assert [int(d.InstanceNumber) for d in by_z] == [10, 9, 8, 7, 6]
+    for f, ds in zip(frames, by_z, strict=True):
+        assert np.array_equal(f.image, apply_modality_lut(ds.pixel_array, ds).astype(np.int16))
+        assert f.spacing_mm == (0.488281, 0.488281)
+
+
+def test_irregular_series_gives_its_acquisition_plane_only(tmp_path):
+    """dicomdirtests CT2: slices at z −99.48, 103.02, 104.27, 105.52 (a gap of 202 mm)."""
+    shutil.copytree(TEST_FILES / "dicomdirtests" / "77654033" / "CT2", tmp_path / "DCM" / "CT2")
+    spec = _spec_planes(["ax", "co", "sa"])
+    frames = _read(spec, tmp_path, _items(spec, tmp_path)["CT2"])
+    assert [(f.plane, f.slice_index) for f in frames] == [("ax", k) for k in range(4)]
+
+
+def test_repeated_positions_are_an_inconsistent_series(tmp_path):
+    """MR_small.dcm and its RLE copy share series and SOP UIDs: two slices at one position."""
+    folder = tmp_path / "DCM" / "mr"
+    folder.mkdir(parents=True)
+    shutil.copy(_real("MR_small.dcm"), folder / "a.dcm")
+    shutil.copy(_real("MR_small_RLE.dcm"), folder / "b.dcm")
+    spec = _spec()
+    with pytest.raises(ReadError) as e:
+        _read(spec, tmp_path, _items(spec, tmp_path)["mr"])
+    assert e.value.reason == "inconsistent_series"
+
+
+# --- compressed transfer syntaxes, MR, MONOCHROME1 ------------------------------------------------------
+
+
+def test_jpeg2000_ct_decodes_to_hu(tmp_path):
+    src = _real("693_J2KI.dcm")
+    ds = pydicom.dcmread(src)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.91" and ds.Modality == "CT"
+    hu = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
+    img, intensity = load_image(src, "693_J2KI.dcm")
+    assert intensity == "hu" and img.dtype == np.int16 and np.array_equal(img, hu)
+    (tmp_path / "DCM" / "cq500").mkdir(parents=True)
+    shutil.copy(src, tmp_path / "DCM" / "cq500" / "CT000010.dcm")
+    spec = _spec_planes(["ax", "co"])
+    item = _items(spec, tmp_path)["cq500"]
+    assert item.patient_id == ds.PatientID
+    (frame,) = _read(spec, tmp_path, item)  # one slice: its own plane only
+    assert (frame.plane, frame.slice_index, frame.intensity) == ("ax", 0, "hu")
+    assert np.array_equal(frame.image, hu) and frame.spacing_mm == (0.478516, 0.478516)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_jp2klossless.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_bigendian.dcm",
+    ],
+)
+def test_lossless_mr_codecs_match_the_uncompressed_file(name):
+    ref, _ = load_image(_real("MR_small.dcm"), "MR_small.dcm", dicom_voi=False)
+    img, intensity = load_image(_real(name), name, dicom_voi=False)
+    assert intensity == "raw" and np.array_equal(img, ref)
+    assert np.array_equal(ref, pydicom.dcmread(_real("MR_small.dcm")).pixel_array)
+
+
+def test_real_mr_volume_is_raw(tmp_path):
+    (tmp_path / "DCM" / "mr").mkdir(parents=True)
+    shutil.copy(_real("MR_small.dcm"), tmp_path / "DCM" / "mr" / "MR1.dcm")
+    spec = _spec()
+    (frame,) = _read(spec, tmp_path, _items(spec, tmp_path)["mr"])
+    stored = pydicom.dcmread(_real("MR_small.dcm")).pixel_array
+    assert (frame.plane, frame.intensity, frame.modality) == ("ax", "raw", "MR")
+    assert np.array_equal(frame.image, stored)
+
+
+def test_monochrome1_cr_is_handed_over_display_correct(tmp_path):
+    src = TEST_FILES / "dicomdirtests" / "77654033" / "CR3" / "6278"
+    ds = pydicom.dcmread(src)
+    assert ds.PhotometricInterpretation == "MONOCHROME1" and ds.BitsStored == 12
+    stored = ds.pixel_array
+    values = apply_modality_lut(stored, ds)
+    windowed = apply_windowing(values, ds)  # pydicom's output range is the rescaled stored range
+    lo, hi = 0 * 0.684 + 200, 4095 * 0.684 + 200
+    expected = 255 - np.rint((windowed - lo) / (hi - lo) * 255)
+
+    img, intensity = load_image(src, "CR3/6278")  # no suffix: the DICM preamble says DICOM
+    assert intensity == "uint8" and img.dtype == np.uint8
+    assert np.abs(img.astype(int) - expected).max() <= 1
+    dense = np.unravel_index(np.argmax(stored), stored.shape)
+    assert img[dense] == img.min()  # MONOCHROME1: the highest stored value is the darkest… so it is inverted
+    raw, intensity = load_image(src, "CR3/6278", dicom_voi=False)
+    assert intensity == "raw" and raw[dense] == raw.min()
+
+    shutil.copytree(src.parent, tmp_path / "DCM" / "CR3")
+    spec = _spec()
+    items = _items(spec, tmp_path)
+    assert list(items) == ["CR3/6278"] and items["CR3/6278"].meta_dict() == {"kind": "image"}
+    (frame,) = _read(spec, tmp_path, items["CR3/6278"])
+    assert (frame.plane, frame.intensity, frame.modality, frame.spacing_mm) == (
+        "im",
+        "uint8",
+        "XR",
+        (0.1, 0.1),
+    )
+    assert np.array_equal(frame.image, img)
+
+
+# --- SEG and RTSTRUCT --------------------------------------------------------------------------------------
+
+LIVER_SERIES = "1.2.392.200103.20080913.113635.1.2009.6.22.21.43.10.23430.1"
+LIVER_SOPS = {  # referenced SOP → z of its frame in liver_1frame.dcm
+    "1.2.392.200103.20080913.113635.2.2009.6.22.21.43.10.23433.1": -128.69,
+    "1.2.392.200103.20080913.113635.2.2009.6.22.21.43.10.23432.1": -127.69,
+    "1.2.392.200103.20080913.113635.2.2009.6.22.21.43.10.23431.1": -126.69,
+}
+
+
+def _liver_ct(folder: Path, keep_sop_uids: bool = True) -> None:
+    for n, (sop, z) in enumerate(LIVER_SOPS.items()):
+        _write_slice(
+            folder / f"ct{n}.dcm",
+            np.full((512, 512), 1000 + n, np.int16),
+            position=(-235.2, -226.8, z),
+            spacing=(0.810547, 0.810547),
+            series_uid=LIVER_SERIES,
+            sop_uid=sop if keep_sop_uids else None,
+            frame_of_reference="1.2.392.200103.20080913.113635.3.2009.6.22.21.44.34.23882.1",
+        )
+
+
+@pytest.mark.parametrize("keep_sop_uids", [True, False], ids=["by-sop-uid", "by-position"])
+def test_dicom_seg_segments_become_named_masks_on_their_slices(tmp_path, keep_sop_uids):
+    seg_file = _real("liver_1frame.dcm")
+    truth = pydicom.dcmread(seg_file).pixel_array.astype(bool)
+    assert int(truth.sum()) == 36233
+    _liver_ct(tmp_path / "DCM" / "liver" / "ct", keep_sop_uids)
+    (tmp_path / "DCM" / "liver" / "seg").mkdir()
+    shutil.copy(seg_file, tmp_path / "DCM" / "liver" / "seg" / "liver_seg.dcm")
+    spec = _spec()
+    items = _items(spec, tmp_path)
+    assert list(items) == ["liver/ct"]
+    assert [f.role for f in items["liver/ct"].files] == ["image"] * 3 + ["seg"]
+    frames = _read(spec, tmp_path, items["liver/ct"])
+    assert [f.slice_index for f in frames] == [0, 1, 2]
+    ((label, mask),) = frames[0].masks  # z −128.69, the frame the SEG holds
+    assert label == "liver" and mask.dtype == bool and np.array_equal(mask, truth)
+    assert frames[1].masks == [] and frames[2].masks == []
+    assert int(frames[0].image[0, 0]) == 1000 - 1024
+
+
+def test_seg_without_its_series_is_a_missing_file(tmp_path):
+    (tmp_path / "DCM").mkdir()
+    shutil.copy(_real("liver_1frame.dcm"), tmp_path / "DCM" / "seg.dcm")
+    spec = _spec()
+    (item,) = _items(spec, tmp_path).values()
+    with pytest.raises(ReadError) as e:
+        _read(spec, tmp_path, item)
+    assert e.value.reason == "missing_file" and LIVER_SERIES in e.value.detail
+
+
+RT_SERIES = "1.2.826.0.1.3680043.8.498.2010020400001.2.1.1"
+RT_FRAME_OF_REFERENCE = "1.2.826.0.1.3680043.8.498.2010020400001.2"
+
+
+def _rt_case(tmp_path: Path) -> None:
+    """rtstruct.dcm (no preamble) beside a CT series it references: slices at z −200…−180 every 5 mm,
+    256×256 pixels of 2 mm from (−256, −256)."""
+    for k, z in enumerate(range(-200, -175, 5)):
+        _write_slice(
+            tmp_path / "DCM" / "phantom" / f"{k:03d}.dcm",
+            np.zeros((256, 256), np.int16),
+            position=(-256.0, -256.0, float(z)),
+            spacing=(2.0, 2.0),
+            series_uid=RT_SERIES,
+            frame_of_reference=RT_FRAME_OF_REFERENCE,
+        )
+    shutil.copy(_real("rtstruct.dcm"), tmp_path / "DCM" / "phantom" / "rtstruct.dcm")
+
+
+def test_rtstruct_contours_are_rasterized_on_their_slices(tmp_path):
+    _rt_case(tmp_path)
+    labels = [{"label": "patient", "name": "Body", "category": "body"}]
+    spec = _spec(labels=labels)
+    items = _items(spec, tmp_path)
+    assert list(items) == ["phantom"] and items["phantom"].files[-1].role == "rtstruct"
+    frames = _read(spec, tmp_path, items["phantom"])
+    assert [f.slice_index for f in frames] == [0, 1, 2, 3, 4]
+    # the 'patient' ROI: x −200…200, y −150…150 mm on z −200, −190, −180 → rows 53…203, cols 28…228
+    expected = np.zeros((256, 256), bool)
+    expected[53:204, 28:229] = True
+    for f in frames:
+        if f.slice_index in (0, 2, 4):
+            ((label, mask),) = f.masks
+            assert label == "patient" and np.array_equal(mask, expected)
+        else:
+            assert f.masks == []  # the isocentre POINT ROIs are no region
+
+
+def test_rtstruct_roi_names_must_be_spec_labels_or_ignored(tmp_path):
+    _rt_case(tmp_path)
+    spec = _spec()  # knows only 'liver'
+    item = _items(spec, tmp_path)["phantom"]
+    with pytest.raises(ReadError) as e:
+        _read(spec, tmp_path, item)
+    assert e.value.reason == "bad_label_value" and "patient" in e.value.detail
+    spec = _spec(ignore_labels=["PAT*"])
+    assert all(f.masks == [] for f in _read(spec, tmp_path, item))
+
+
+def test_contour_off_the_series_is_unmatched(tmp_path):
+    _rt_case(tmp_path)
+    (tmp_path / "DCM" / "phantom" / "000.dcm").unlink()  # the slice at z −200 holds a contour
+    spec = _spec(labels=[{"label": "patient", "name": "Body", "category": "body"}])
+    with pytest.raises(ReadError) as e:
+        _read(spec, tmp_path, _items(spec, tmp_path)["phantom"])
+    assert e.value.reason == "unmatched_annotation"
+
+
+def test_polygon_fill_keeps_pixel_centres_inside_or_on_the_contour():
+    rows, cols = np.array([1.0, 1.0, 4.0, 4.0]), np.array([2.0, 6.0, 6.0, 2.0])
+    m = dicom._fill_polygon(rows, cols, (8, 9))
+    assert np.array_equal(np.argwhere(m), np.argwhere(np.pad(np.ones((4, 5), bool), ((1, 3), (2, 2)))))
+    tri = dicom._fill_polygon(np.array([0.0, 6.0, 6.0]), np.array([0.0, 0.0, 6.0]), (7, 7))
+    assert np.array_equal(tri, np.tril(np.ones((7, 7), bool)))
+
+
+# --- enhanced multi-frame ----------------------------------------------------------------------------------
+
+
+def _enhanced_ct(path: Path) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Four frames in the file order z = 10, 0, 15, 5 mm, each with its own rescale in the per-frame
+    Pixel Value Transformation. Returns the true HU volume (k ascending in z) and the per-frame rescales."""
+    zs, rescale = [10.0, 0.0, 15.0, 5.0], [(2.0, -1000.0), (1.0, -1024.0), (0.5, -10.0), (1.0, 0.0)]
+    stored = np.stack([np.arange(20, dtype=np.int16).reshape(4, 5) * (f + 1) + 100 for f in range(4)])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedCTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "CT", "PAT-0002"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.NumberOfFrames, ds.Rows, ds.Columns = 4, 4, 5
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    shared = Dataset()
+    orientation, measures = Dataset(), Dataset()
+    orientation.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    measures.PixelSpacing, measures.SliceThickness = [0.8, 0.8], 5.0
+    shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = [orientation], [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    per = []
+    for z, (slope, intercept) in zip(zs, rescale, strict=True):
+        item, position, pvt = Dataset(), Dataset(), Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, z]
+        pvt.RescaleSlope, pvt.RescaleIntercept, pvt.RescaleType = slope, intercept, "HU"
+        item.PlanePositionSequence, item.PixelValueTransformationSequence = [position], [pvt]
+        per.append(item)
+    ds.PerFrameFunctionalGroupsSequence = per
+    ds.PixelData = stored.astype("<i2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    hu = np.stack([stored[f] * rescale[f][0] + rescale[f][1] for f in range(4)]).astype(np.float32)
+    return hu[np.argsort(zs)], rescale
+
+
+def test_enhanced_ct_uses_per_frame_rescale_and_positions(tmp_path):
+    truth, _ = _enhanced_ct(tmp_path / "DCM" / "enhanced" / "ct.dcm")
+    ds = pydicom.dcmread(tmp_path / "DCM" / "enhanced" / "ct.dcm")
+    naive = apply_modality_lut(ds.pixel_array, ds)  # the whole-dataset call does not see per-frame rescale
+    assert not np.allclose(np.sort(naive, axis=None), np.sort(truth, axis=None))
+    spec = _spec()
+    items = _items(spec, tmp_path)
+    assert items["enhanced/ct"].meta_dict() == {"kind": "enhanced"}
+    frames = _read(spec, tmp_path, items["enhanced/ct"])
+    assert [f.slice_index for f in frames] == [0, 1, 2, 3]
+    for f in frames:
+        assert f.intensity == "hu" and f.spacing_mm == (0.8, 0.8)
+        assert np.array_equal(f.image, truth[f.slice_index])
+
+
+# --- broken input ------------------------------------------------------------------------------------------
+
+
+def test_broken_files_get_reason_codes(tmp_path):
+    folder = tmp_path / "DCM"
+    for name in ("notes", "truncated", "nopixels", "video"):
+        (folder / name).mkdir(parents=True)
+    (folder / "notes" / "notes.dcm").write_bytes(b"this is a text file, not DICOM\n" * 10)
+    data = _real("CT_small.dcm").read_bytes()
+    (folder / "truncated" / "truncated.dcm").write_bytes(data[: len(data) - 4000])
+    _write_slice(
+        folder / "nopixels" / "nopixels.dcm", np.zeros((8, 8), np.int16), position=(0, 0, 0),
+        series_uid="1.2.3.9", pixel_data=False,
+    )  # fmt: skip
+    mpeg = _write_slice(
+        folder / "video" / "video.dcm", np.zeros((8, 8), np.int16), position=(0, 0, 0), series_uid="1.2.3.8"
+    )
+    mpeg.file_meta.TransferSyntaxUID = MPEG2MPML
+    mpeg.PixelData = encapsulate([b"\x00\x00\x01\xb3" + b"\x00" * 60])
+    mpeg["PixelData"].VR = "OB"
+    mpeg.save_as(folder / "video" / "video.dcm", enforce_file_format=True)
+    expected = {
+        "notes": "not_dicom",
+        "truncated": "unreadable_image",
+        "nopixels": "no_pixel_data",
+        "video": "unsupported_transfer_syntax",
+    }
+    for name, reason in expected.items():  # the 2D loader other readers use
+        with pytest.raises(ReadError) as e:
+            load_image(folder / name / f"{name}.dcm", f"DCM/{name}/{name}.dcm")
+        assert e.value.reason == reason, name
+    with pytest.raises(ReadError) as e:
+        load_image(_real("MR_truncated.dcm"), "MR_truncated.dcm")
+    assert e.value.reason == "unreadable_image"
+
+    spec = _spec()
+    items = _items(spec, tmp_path)
+    assert sorted(items) == ["nopixels", "notes/notes", "truncated", "video"]
+    for case, item in items.items():  # discovery never fails; each bad case is rejected at read
+        with pytest.raises(ReadError) as e:
+            _read(spec, tmp_path, item)
+        assert e.value.reason == expected[case.split("/")[0]], case
+
+
+# --- end to end ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dicom_family_builds_end_to_end(tmp_path, ray_session):
+    from medpclip.corpus.build import build_corpus
+    from medpclip.corpus.inspect import check_corpus
+    from medpclip.warehouse import query
+
+    raw, out = tmp_path / "raw", tmp_path / "corpus"
+    _liver_ct(raw / "DCM" / "liver" / "ct")
+    shutil.copy(_real("liver_1frame.dcm"), raw / "DCM" / "liver" / "seg.dcm")
+    shutil.copytree(TEST_FILES / "dicomdirtests" / "77654033" / "CR3", raw / "DCM" / "CR3")
+    _shuffled_series(raw / "DCM" / "patient1" / "series_a")
+    (raw / "DCM" / "bad").mkdir()
+    (raw / "DCM" / "bad" / "notes.dcm").write_text("not a DICOM file")
+    data = _spec().model_dump(mode="json")
+    data["slicing"]["keep_empty"] = True
+    build_corpus([parse_spec(data)], raw, out, max_side=64)
+    assert check_corpus(out).problems == []
+    by_modality = dict(query(out, "SELECT modality, count(*) FROM samples GROUP BY modality")[1])
+    assert by_modality == {"CT": 3 + 6, "XR": 1}
+    assert query(out, "SELECT DISTINCT label, kind FROM regions")[1] == [("liver", "mask")]
+    assert query(out, "SELECT DISTINCT slice_index FROM samples JOIN regions USING (key)")[1] == [(0,)]
+    assert query(out, "SELECT reason FROM rejects WHERE stage = 'read'")[1] == [("not_dicom",)]
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert b"PAT-0001" not in path.read_bytes(), path
