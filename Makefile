@@ -10,7 +10,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED := 0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup browser demo test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -32,7 +32,13 @@ demo: setup
 	  "SELECT dataset, split, count(*) AS samples, sum(n_regions) AS regions FROM samples GROUP BY ALL ORDER BY ALL"
 	@echo "demo corpus: $(abspath $(DEMO)/corpus)   (try: $(VENV)/bin/medpclip query --corpus $(DEMO)/corpus \"SELECT * FROM concepts\")"
 
-test: setup
+# The report test renders the HTML build report in Debian's headless Chromium.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium (report rendering tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: setup browser
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -21,6 +21,7 @@ from prefect.cache_policies import NONE
 
 from medpclip.corpus.build import BuildError, Plan, finish_build, prepare_build, ray_session, run_units
 from medpclip.corpus.inspect import check_corpus
+from medpclip.qa.report import write_report
 from medpclip.specs import DatasetSpec, resolve_specs
 from medpclip.warehouse import query
 
@@ -99,6 +100,7 @@ def warehouse_check(out: str) -> dict[str, int]:
 
 @task(name="qa-summary", cache_policy=NONE)
 def qa_summary(out: str, build: dict[str, Any]) -> dict[str, int]:
+    html_report = write_report(Path(out), build)
     report = check_corpus(Path(out))
     rows = [
         {
@@ -121,6 +123,7 @@ def qa_summary(out: str, build: dict[str, Any]) -> dict[str, int]:
         f"- rejects: {build['totals']['rejects']}",
         f"- shards: {build['totals']['shards']} ({build['totals']['shard_bytes'] / 2**20:.1f} MiB)",
         f"- validate: {len(report.problems)} problems",
+        f"- report: [{html_report}]({html_report.as_uri()})",
     ]
     lines += [f"  - {p}" for p in report.problems[:20]]
     create_markdown_artifact(

@@ -55,49 +55,32 @@ def build(
 ) -> None:
     """Build (or resume) a corpus. Exit 0 when the build finished, even with rejected inputs."""
     from medpclip.corpus.build import BuildError, build_corpus
+    from medpclip.qa.progress import BuildProgress
     from medpclip.specs import SpecError, resolve_specs
 
     try:
         specs = resolve_specs(spec)
     except SpecError as e:
         _fail(str(e))
-    total_units = 0
-
-    def on_plan(plan) -> None:
-        nonlocal total_units
-        total_units = len(plan.units)
-        err.print(f"planned {total_units} units over {len(plan.specs)} datasets", highlight=False)
-
-    done = 0
-
-    def on_unit(stats: dict) -> None:
-        nonlocal done
-        done += 1
-        state = "kept" if stats.get("skipped") else f"{stats.get('seconds', 0):.1f}s"
-        err.print(
-            f"[{done}/{total_units}] {stats['dataset']} unit {stats['unit']:05d}: {stats['n_samples']} samples, "
-            f"{stats['n_regions']} regions, {stats['n_rejects']} rejects ({state})",
-            highlight=False,
-        )
-
     try:
-        result = build_corpus(
-            specs,
-            raw_root,
-            out,
-            ray_address=ray_address,
-            max_side=max_side,
-            num_cpus=num_cpus,
-            force=force,
-            on_plan=on_plan,
-            on_unit=on_unit,
-        )
+        with BuildProgress(err) as progress:
+            result = build_corpus(
+                specs,
+                raw_root,
+                out,
+                ray_address=ray_address,
+                max_side=max_side,
+                num_cpus=num_cpus,
+                force=force,
+                on_plan=progress.on_plan,
+                on_unit=progress.on_unit,
+            )
     except BuildError as e:
         _fail(str(e), code=1)
     _print_summary(result.build)
     console.print(
         f"corpus: {result.out}  ({result.units_run} units built on {len(result.nodes)} Ray node(s), "
-        f"{result.units_skipped} kept, {result.seconds:.1f}s)",
+        f"{result.units_skipped} kept, {result.seconds:.1f}s)\nreport: {result.out / 'report' / 'index.html'}",
         highlight=False,
     )
 
@@ -230,6 +213,60 @@ def serve(
         _fail(str(e))
 
 
+# --- text ---------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def link(
+    text: Annotated[str, typer.Argument(help="a report, a sentence, any text")],
+    fmt: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+) -> None:
+    """The concepts the report pipeline finds in a text: span, CUI, name, semantic types, negation.
+
+    Uses the concept KB offline; MEDPCLIP_LINKER=umls and MEDPCLIP_SPACY_MODEL switch to scispacy's UMLS
+    linker and a scispacy model where they are installed.
+    """
+    from medpclip.text.nlp import get_pipeline
+    from medpclip.text.nlp import link as link_text
+
+    if fmt not in ("table", "json"):
+        _fail(f"--format must be table or json, got '{fmt}'")
+    try:
+        linked = link_text(text, get_pipeline())
+    except ValueError as e:
+        _fail(str(e))
+    if fmt == "json":
+        payload = {
+            "text": linked.text,
+            "sentences": list(linked.sentences),
+            "concepts": [m.to_dict() for m in linked.mentions],
+        }
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        return
+    # the concept column is the CUI, or the KB's local id where no CUI is known (--format json has both)
+    table = Table()
+    table.add_column("span", no_wrap=True)
+    table.add_column("text", overflow="fold")
+    table.add_column("concept", no_wrap=True)
+    table.add_column("name", overflow="fold")
+    table.add_column("types", overflow="fold")
+    table.add_column("negated", no_wrap=True)
+    table.add_column("side", no_wrap=True)
+    for m in linked.mentions:
+        table.add_row(
+            f"{m.start}-{m.end}",
+            m.text,
+            m.concept_id,
+            m.name,
+            ",".join(m.semantic_types),
+            "yes" if m.negated else "no",
+            m.laterality or "-",
+        )
+    console.print(table)
+    if not linked.mentions:
+        err.print("no concepts found", highlight=False)
+
+
 # --- specs, demo data -------------------------------------------------------------------------------------
 
 
@@ -239,9 +276,13 @@ def specs_list() -> None:
     from medpclip.specs import SpecError, available_specs, resolve_spec
 
     table = Table()
-    for c in ("name", "format", "modality", "access", "licence", "labels", "title"):
+    names = available_specs()
+    # Names are what users copy into --spec: never wrapped or cut; the title gives way on narrow terminals.
+    table.add_column("name", no_wrap=True, min_width=max(map(len, names), default=4))
+    for c in ("format", "modality", "access", "licence", "labels"):
         table.add_column(c)
-    for name in available_specs():
+    table.add_column("title", overflow="ellipsis", no_wrap=True)
+    for name in names:
         try:
             s = resolve_spec(name)
         except SpecError as e:

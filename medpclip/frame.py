@@ -68,7 +68,8 @@ class Frame:
     ``raw`` (scanner values, any dtype, normalised later) or ``uint8`` (display-ready, e.g. a JPEG).
     ``label_map`` is an integer (H, W) map whose values ``label_values`` names; ``masks`` are named binary
     (H, W) masks (several may share a label: they stay separate annotations). Boxes and points are in this
-    frame's pixel coordinates.
+    frame's pixel coordinates. ``modality`` is set where a dataset mixes modalities (AMOS: CT and MR cases
+    under one spec); ``None`` means the spec's modality.
     """
 
     item: SourceItem
@@ -84,6 +85,7 @@ class Frame:
     points: list[Point] = field(default_factory=list)
     image_labels: list[str] = field(default_factory=list)
     report: str | None = None
+    modality: str | None = None  # per-frame modality; None = spec.modality
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -154,3 +154,19 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     r = np.minimum(rows.astype(np.int64), labels.shape[0] - 1)
     c = np.minimum(cols.astype(np.int64), labels.shape[1] - 1)
     return labels[r[:, None], c[None, :]]
+
+
+# --- fingerprints ------------------------------------------------------------------------------------------
+
+
+def dhash64(img: np.ndarray) -> int:
+    """Perceptual difference hash (64 bits) of a uint8 image, as a signed int64 (Arrow/DuckDB BIGINT).
+
+    Grey 9×8 thumbnail, one bit per horizontally adjacent pair (left brighter than right). Robust to
+    re-encoding, resizing and small intensity changes, so equal hashes flag near-duplicate images.
+    """
+    grey = img if img.ndim == 2 else np.asarray(Image.fromarray(img).convert("L"))
+    small = np.asarray(Image.fromarray(grey).resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
+    bits = (small[:, :-1] > small[:, 1:]).ravel()
+    value = int(np.packbits(bits).view(">u8")[0])
+    return value - (1 << 64) if value >= 1 << 63 else value

@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 SPECS_DIR = Path(__file__).resolve().parent.parent / "dataset_specs"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 CUI_RE = re.compile(r"^C\d{7}$")
+CONCEPT_LOCAL_RE = re.compile(r"^MEDP:\d{4}$")
 
-FormatFamily = Literal["volumes", "raster", "tables"]
+FormatFamily = Literal["volumes", "raster", "tables", "dicom", "contours", "reports"]
 Access = Literal["open", "registration", "credentialed"]
 Modality = Literal[
     "CT", "MR", "PET", "US", "XR", "endoscopy", "dermoscopy", "fundus", "pathology", "OCT", "other"
@@ -46,6 +47,10 @@ class LabelEntry(_Strict):
     name: str = Field(min_length=1, description="display name, e.g. 'Left kidney'")
     category: str = Field(min_length=1, description="coarse category without laterality, e.g. 'kidney'")
     cui: str | None = Field(default=None, description="UMLS CUI, or null when not known for certain")
+    concept: str | None = Field(
+        default=None,
+        description="KB concept id (CUI or MEDP:NNNN) when the label and name alone are ambiguous",
+    )
     aliases: tuple[str, ...] = ()
 
     @field_validator("cui")
@@ -53,6 +58,13 @@ class LabelEntry(_Strict):
     def _cui_format(cls, v: str | None) -> str | None:
         if v is not None and not CUI_RE.match(v):
             raise ValueError(f"'{v}' is not a UMLS CUI (C followed by 7 digits); use null when unknown")
+        return v
+
+    @field_validator("concept")
+    @classmethod
+    def _concept_format(cls, v: str | None) -> str | None:
+        if v is not None and not (CUI_RE.match(v) or CONCEPT_LOCAL_RE.match(v)):
+            raise ValueError(f"'{v}' is not a KB concept id (a CUI or MEDP:NNNN)")
         return v
 
 
@@ -263,7 +275,19 @@ def load_spec_file(path: Path) -> DatasetSpec:
     spec = parse_spec(data, str(path))
     if path.parent.resolve() == SPECS_DIR and spec.name != path.stem:
         raise SpecError(f"{path}: field 'name': '{spec.name}' must equal the file name '{path.stem}'")
+    _check_concepts(spec, str(path))
     return spec
+
+
+def _check_concepts(spec: DatasetSpec, source: str) -> None:
+    """Every label must map to a concept of the KB (its CUI, semantic types and priors come from there)."""
+    from medpclip.text.kb import spec_concept_problems
+
+    problems = spec_concept_problems(spec)
+    if problems:
+        i, msg = problems[0]
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SpecError(f"{source}: field 'labels.{i}': {msg}{more}")
 
 
 def available_specs(specs_dir: Path = SPECS_DIR) -> list[str]:

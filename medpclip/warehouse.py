@@ -10,6 +10,8 @@ from pathlib import Path
 
 import duckdb
 
+from medpclip.text.kb import KB_PATH
+
 VIEWS_SQL = Path(__file__).resolve().parent.parent / "warehouse" / "views.sql"
 VIEWS = ("samples", "regions", "sources", "rejects", "units", "shards", "concepts")
 
@@ -28,7 +30,8 @@ def connect(corpus: Path, database: str = ":memory:") -> duckdb.DuckDBPyConnecti
     if not (corpus / "build.json").is_file():
         raise CorpusError(f"'{corpus}' is not a corpus (no build.json; run `medpclip build` first)")
     con = duckdb.connect(database)
-    con.execute(VIEWS_SQL.read_text(encoding="utf-8").replace("{corpus}", _sql_path(corpus)))
+    sql = VIEWS_SQL.read_text(encoding="utf-8").replace("{corpus}", _sql_path(corpus))
+    con.execute(sql.replace("{kb}", _sql_path(KB_PATH)))
     metrics = corpus / "metrics"
     if any(metrics.glob("*.parquet")):
         con.execute(

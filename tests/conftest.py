@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from corpus_utils import DEMO_SPECS
 
+# Loopback test clusters: no token files, no usage reporting (stack notes, "Ray 2.60").
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-DEMO_SPECS = ["demo_ct", "demo_polyp", "demo_cxr"]
 
 
 @pytest.fixture(scope="session")

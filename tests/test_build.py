@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import webdataset as wds
+from corpus_utils import DEMO_SPECS, tree_hashes
 from typer.testing import CliRunner
 
 from medpclip.cli import app
@@ -19,18 +19,8 @@ from medpclip.regions import decode_rle
 from medpclip.specs import resolve_specs
 from medpclip.warehouse import query
 
-DEMO_SPECS = ["demo_ct", "demo_polyp", "demo_cxr"]
-
 pytestmark = pytest.mark.slow
 runner = CliRunner()
-
-
-def _tree_hashes(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _one(corpus: Path, sql: str):
@@ -113,22 +103,22 @@ def test_box_and_junk_handling(demo_corpus, demo_raw):
 
 
 def test_rebuild_same_bytes_and_resume_skips(demo_corpus, demo_raw, tmp_path):
-    first = _tree_hashes(demo_corpus.out)
+    first = tree_hashes(demo_corpus.out)
     out = tmp_path / "again"
     specs = resolve_specs(DEMO_SPECS)
     r2 = build_corpus(specs, demo_raw, out, max_side=256)
     assert r2.units_skipped == 0
-    assert _tree_hashes(out) == first  # two clean builds: identical bytes, every file
+    assert tree_hashes(out) == first  # two clean builds: identical bytes, every file
     # Resume: all units finished → all kept, nothing rewritten.
     r3 = build_corpus(specs, demo_raw, out, max_side=256)
     assert r3.units_run == 0 and r3.units_skipped == r2.units_run
-    assert _tree_hashes(out) == first
+    assert tree_hashes(out) == first
     # A lost unit (its marker gone, as after a crash) is rebuilt alone, to the same bytes.
     marker = marker_path(out, "demo_polyp", 0)
     marker.unlink()
     r4 = build_corpus(specs, demo_raw, out, max_side=256)
     assert r4.units_run == 1
-    assert _tree_hashes(out) == first
+    assert tree_hashes(out) == first
 
 
 def test_copied_raw_root_resumes(demo_corpus, demo_raw, tmp_path):

@@ -3,7 +3,6 @@ a two-node Ray cluster + `ray job submit`, and SIGKILLed builds that resume to i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from corpus_utils import DEMO_SPECS, tree_hashes
 from procs import free_port, running, stop, wait_until
 
 from medpclip.corpus.build import build_corpus
@@ -23,7 +23,7 @@ from medpclip.specs import resolve_specs
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-DEMO_SPECS = "demo_ct,demo_polyp,demo_cxr"
+DEMO_SPEC_ARG = ",".join(DEMO_SPECS)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -41,14 +41,6 @@ def _http_ok(url: str) -> bool:
             return r.status == 200
     except OSError:
         return False
-
-
-def _tree_hashes(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 # --- Prefect ----------------------------------------------------------------------------------------------
@@ -233,7 +225,7 @@ def test_sigkill_then_resume_gives_identical_bytes(point, nth, from_worker, demo
     assert (tmp_path / "fired").exists()
     _assert_no_partial_final_files(out)
     resumed = build_corpus(resolve_specs(DEMO_SPECS), demo_raw, out, max_side=256)
-    assert _tree_hashes(out) == _tree_hashes(demo_corpus.out)
+    assert tree_hashes(out) == tree_hashes(demo_corpus.out)
     assert resumed.units_skipped + resumed.units_run == 5
 
 
@@ -261,7 +253,7 @@ def test_worker_killed_mid_unit_is_retried_by_ray(demo_corpus, demo_raw, tmp_pat
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "fired").exists()  # a worker really died mid-unit
-    assert _tree_hashes(out) == _tree_hashes(demo_corpus.out)
+    assert tree_hashes(out) == tree_hashes(demo_corpus.out)
 
 
 def test_spec_change_rebuilds_only_that_dataset_and_force_rebuilds_all(demo_corpus, demo_raw, tmp_path):
@@ -273,7 +265,7 @@ def test_spec_change_rebuilds_only_that_dataset_and_force_rebuilds_all(demo_corp
     specs = resolve_specs(["demo_ct", str(spec_file), "demo_cxr"])
     r = build_corpus(specs, demo_raw, out, max_side=256)
     assert r.units_run == 1 and r.units_skipped == 4  # demo_polyp is one unit
-    changed = {k for k, v in _tree_hashes(out).items() if _tree_hashes(demo_corpus.out).get(k) != v}
+    changed = {k for k, v in tree_hashes(out).items() if tree_hashes(demo_corpus.out).get(k) != v}
     assert changed and all(
         "demo_polyp" in k or k in {"build.json", "sizes.json"} or k.startswith("wids-") for k in changed
     )

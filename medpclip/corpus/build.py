@@ -30,6 +30,7 @@ from medpclip.corpus.plan import BuildError, BuildParams, Plan, WorkUnit, code_v
 from medpclip.corpus.shards import DEFAULT_SHARD_BYTES, ShardInfo, atomic_write_json, load_json, write_indexes
 from medpclip.corpus.unit import marker_path, remove_stale_units, run_unit_row, write_parquet
 from medpclip.faults import fault_point
+from medpclip.qa.report import write_report
 from medpclip.specs import DatasetSpec
 
 __all__ = [
@@ -235,20 +236,34 @@ def build_corpus(
 
     Raises :class:`BuildError` when nothing can run. Bad items never raise: they are in ``rejects``.
     """
-    started = time.perf_counter()
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[step] = now - clock
+        clock = now
+
     plan = prepare_build(
         specs, raw_root, out, max_side=max_side, force=force, id_salt=id_salt, shard_max_bytes=shard_max_bytes
     )
+    lap("plan")
     if on_plan is not None:
         on_plan(plan)
     ran = skipped = 0
     nodes: set[str] = set()
     with ray_session(ray_address, num_cpus):
+        lap("ray start")
         for stats in run_units(plan.units, on_unit):
             skipped += bool(stats.get("skipped"))
             ran += not stats.get("skipped")
             if not stats.get("skipped"):
                 nodes.add(stats["node"])
+        lap("units")
     fault_point("finish")
     build = finish_build(plan)
-    return BuildResult(plan.out, build, ran, skipped, sorted(nodes), time.perf_counter() - started)
+    lap("finish")
+    write_report(plan.out, build, timings)
+    lap("report")
+    return BuildResult(plan.out, build, ran, skipped, sorted(nodes), sum(timings.values()))

@@ -19,6 +19,19 @@ from medpclip.regions import decode_rle, tight_box
 from medpclip.warehouse import CorpusError, connect
 
 
+def read_samples(corpus: Path, shard_keys: list[tuple[str, str]]) -> dict[str, tuple[np.ndarray, dict]]:
+    """Images and records of many samples, reading each shard once: ``[(shard, key)]`` → ``{key: (img, rec)}``."""
+    wanted: dict[str, set[str]] = {}
+    for shard, key in shard_keys:
+        wanted.setdefault(shard, set()).add(key)
+    found: dict[str, tuple[np.ndarray, dict]] = {}
+    for shard, keys in sorted(wanted.items()):
+        for key, members in iter_samples(Path(corpus) / shard):
+            if key in keys:
+                found[key] = (np.asarray(Image.open(io.BytesIO(members["png"]))), json.loads(members["json"]))
+    return found
+
+
 def load_sample(corpus: Path, key: str) -> tuple[np.ndarray, dict]:
     """The image (uint8) and record of one sample, found through the samples manifest."""
     if not KEY_RE.match(key):

@@ -24,10 +24,12 @@ from medpclip.sources import get_reader
 from medpclip.specs import DatasetSpec
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-# Modules whose code decides the bytes of a sample; a change to any of them changes every fingerprint.
+# Modules (and their data) that decide the bytes of a sample; a change to any of them changes every fingerprint.
 _OUTPUT_CODE = ("frame.py", "imaging.py", "regions.py", "specs.py", "sources", "text", "corpus")
 # Items per unit by family: a few volumes or series (hundreds of slices each) or a few thousand 2D images.
-_UNIT_ITEMS_DEFAULT = {"volumes": 4, "dicom": 4, "raster": 2000, "tables": 2000}
+_UNIT_ITEMS_DEFAULT = {
+    "volumes": 4, "dicom": 4, "raster": 2000, "tables": 2000, "contours": 4, "reports": 2000,
+}  # fmt: skip
 _UNIT_ITEMS_FALLBACK = 64
 
 
@@ -103,7 +105,8 @@ def code_version() -> str:
     h = hashlib.sha256(__version__.encode())
     for name in _OUTPUT_CODE:
         p = PACKAGE_DIR / name
-        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+        # Code and the data shipped with it (the concept KB decides CUIs and texts).
+        files = sorted([*p.rglob("*.py"), *p.rglob("*.jsonl")]) if p.is_dir() else [p]
         for f in files:
             h.update(str(f.relative_to(PACKAGE_DIR)).encode())
             h.update(f.read_bytes())

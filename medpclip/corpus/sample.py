@@ -19,6 +19,7 @@ from medpclip.corpus.schema import SCHEMA_VERSION, hash_id, stable_json
 from medpclip.frame import Box, Frame, Point
 from medpclip.specs import DatasetSpec
 from medpclip.text import prompts
+from medpclip.text.kb import label_concepts
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Sample:
     png: bytes
     record: dict[str, Any]
     pixel_sha256: str
+    phash: int
 
     def members(self) -> dict[str, bytes]:
         """Tar members by extension: the image, the record and one caption (stock webdataset/open_clip)."""
@@ -104,6 +106,7 @@ def make_sample(
     sy, sx = out_h / h, out_w / w
 
     img8, intensity = to_uint8(frame, spec)
+    modality = frame.modality or spec.modality  # a mixed-modality dataset sets it per frame
     img8 = imaging.resize_image(img8, (out_h, out_w))
     label_map = (
         imaging.resize_labels(frame.label_map, (out_h, out_w)) if frame.label_map is not None else None
@@ -127,6 +130,8 @@ def make_sample(
     )
 
     by_name = spec.label_by_name()
+    concepts = label_concepts(spec.labels)  # the KB concept of each label (CUI, types, priors)
+    linked_report = prompts.link_report(frame.report) if frame.report else None
     region_records: list[dict[str, Any]] = []
     for r in found:
         entry = by_name.get(r.label.lower())
@@ -135,13 +140,16 @@ def make_sample(
                 regions.Drop(r.label, "unknown_label", f"label '{r.label}' is not in spec '{spec.name}'")
             )
             continue
+        concept = concepts.get(r.label.lower())
+        report_sentences, negated = prompts.region_report_evidence(linked_report, concept)
         rec: dict[str, Any] = {
             "rid": len(region_records),
             "label": entry.label,
             "name": entry.name,
             "category": entry.category,
-            "cui": entry.cui,
-            "semantic_types": [],
+            "concept_id": concept.concept_id if concept is not None else None,
+            "cui": concept.cui if concept is not None else entry.cui,
+            "semantic_types": list(concept.types) if concept is not None else [],
             "kind": r.kind,
             "instance": r.instance,
             "area_px": int(r.area_px),
@@ -151,11 +159,15 @@ def make_sample(
             "texts": prompts.region_texts(
                 entry.name,
                 entry.category,
-                modality=spec.modality,
+                modality=modality,
                 plane=frame.plane,
                 body_part=spec.body_part,
+                concept=concept,
+                key=key,
+                label=entry.label,
+                report_sentences=report_sentences,
             ),
-            "negated": False,
+            "negated": negated,
             "annotator": r.annotator,
         }
         if r.mask_rle is not None:
@@ -175,7 +187,7 @@ def make_sample(
         "key": key,
         "dataset": spec.name,
         "split": split,
-        "modality": spec.modality,
+        "modality": modality,
         "body_part": spec.body_part,
         "plane": frame.plane,
         "slice_index": int(frame.slice_index),
@@ -196,18 +208,26 @@ def make_sample(
             },
         },
         "caption": prompts.caption(
-            modality=spec.modality,
+            modality=modality,
             plane=frame.plane,
             body_part=spec.body_part,
             region_names=[r["name"] for r in region_records],
             image_labels=image_labels,
         ),
         "image_labels": image_labels,
-        "report": {"text": frame.report, "concepts": []} if frame.report else None,
+        "report": (
+            {"text": frame.report, "concepts": prompts.report_concepts(linked_report)}
+            if frame.report
+            else None
+        ),
         "regions": region_records,
     }
     pixel_sha = hashlib.sha256(np.ascontiguousarray(img8).tobytes() + str(img8.shape).encode()).hexdigest()
     sample = Sample(
-        key=key, png=encode_png(img8, params.png_compress_level), record=record, pixel_sha256=pixel_sha
+        key=key,
+        png=encode_png(img8, params.png_compress_level),
+        record=record,
+        pixel_sha256=pixel_sha,
+        phash=imaging.dhash64(img8),
     )
     return sample, drops
