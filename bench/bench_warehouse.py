@@ -88,6 +88,7 @@ def generate(root: Path, scale: float) -> None:
                 'label_' || lpad((floor(pow(hash(s.key, r.rid) % 1000000 / 1e6, 3) * {N_LABELS}))::INT::VARCHAR, 3, '0') AS label,
                 'Label' AS name, 'organ' AS category,
                 'C' || lpad((floor(pow(hash(s.key, r.rid) % 1000000 / 1e6, 3) * {N_LABELS}))::INT::VARCHAR, 7, '0') AS cui,
+                'C' || lpad((floor(pow(hash(s.key, r.rid) % 1000000 / 1e6, 3) * {N_LABELS}))::INT::VARCHAR, 7, '0') AS concept_id,
                 ['T023'] AS semantic_types, 'mask' AS kind, 0 AS instance,
                 (100 + hash(s.key, r.rid, 7) % 20000)::BIGINT AS area_px,
                 ((100 + hash(s.key, r.rid, 7) % 20000) / 262144.0)::FLOAT AS area_fraction,

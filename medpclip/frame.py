@@ -43,6 +43,20 @@ class SourceItem:
     def meta_dict(self) -> dict[str, object]:
         return dict(self.meta)
 
+    @staticmethod
+    def from_dict(d: dict) -> SourceItem:
+        """The inverse of ``dataclasses.asdict`` after a JSON round trip (how items reach Ray workers):
+        files and meta pairs come back as tuples; meta values stay as JSON made them (lists, not tuples)."""
+        return SourceItem(
+            dataset=d["dataset"],
+            case_id=d["case_id"],
+            files=tuple(SourceFile(**f) for f in d["files"]),
+            patient_id=d["patient_id"],
+            study_id=d["study_id"],
+            official_split=d["official_split"],
+            meta=tuple((k, v) for k, v in d["meta"]),
+        )
+
 
 @dataclass(frozen=True)
 class Box:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from pathlib import Path
+
+from medpclip.frame import Frame, SourceItem
+from medpclip.sources import get_reader
+from medpclip.specs import DatasetSpec
 
 DEMO_SPECS = ["demo_ct", "demo_polyp", "demo_cxr"]
 NON_DETERMINISTIC = {"report/index.html"}  # its timings section; everything else must be byte-identical
@@ -16,3 +22,20 @@ def tree_hashes(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.relative_to(root).as_posix() not in NON_DETERMINISTIC
     }
+
+
+def as_from_json(item: SourceItem) -> SourceItem:
+    """The item as a Ray worker gets it: through the unit's JSON (tuples inside meta become lists)."""
+    return SourceItem.from_dict(json.loads(json.dumps(dataclasses.asdict(item))))
+
+
+def items_of(spec: DatasetSpec, raw: Path) -> dict[str, SourceItem]:
+    """Discovered items by case id; discovery must yield them sorted."""
+    items = list(get_reader(spec.format.family).discover(spec, raw / spec.root))
+    assert [i.case_id for i in items] == sorted(i.case_id for i in items)
+    return {i.case_id: i for i in items}
+
+
+def frames_of(spec: DatasetSpec, raw: Path, item: SourceItem) -> list[Frame]:
+    """All frames of an item, read as a worker would (after the JSON round trip)."""
+    return list(get_reader(spec.format.family).read(spec, raw, as_from_json(item)))

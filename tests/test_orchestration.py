@@ -23,7 +23,6 @@ from medpclip.specs import resolve_specs
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-DEMO_SPEC_ARG = ",".join(DEMO_SPECS)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -146,7 +145,7 @@ def test_ray_job_on_a_two_node_cluster(tmp_path, demo_raw):
                     "-m",
                     "medpclip.jobs.build",
                     "--spec",
-                    DEMO_SPECS,
+                    ",".join(DEMO_SPECS),
                     "--raw-root",
                     str(demo_raw),
                     "--out",
@@ -178,6 +177,24 @@ KILL_POINTS = [
 ]
 
 
+def _build_cmd(raw: Path, out: Path) -> list[str]:
+    """The demo build as users run it (a subprocess with its own local Ray), same parameters as demo_corpus."""
+    return [
+        str(BIN / "medpclip"),
+        "build",
+        "--spec",
+        ",".join(DEMO_SPECS),
+        "--raw-root",
+        str(raw),
+        "--out",
+        str(out),
+        "--max-side",
+        "256",
+        "--num-cpus",
+        "2",
+    ]
+
+
 def _assert_no_partial_final_files(out: Path) -> None:
     for p in out.rglob("*"):
         if not p.is_file() or p.name.startswith("."):
@@ -198,20 +215,7 @@ def test_sigkill_then_resume_gives_identical_bytes(point, nth, from_worker, demo
     if from_worker:
         env["MEDPCLIP_FAULT_TARGET"] = "driver"
     proc = subprocess.Popen(
-        [
-            str(BIN / "medpclip"),
-            "build",
-            "--spec",
-            DEMO_SPECS,
-            "--raw-root",
-            str(demo_raw),
-            "--out",
-            str(out),
-            "--max-side",
-            "256",
-            "--num-cpus",
-            "2",
-        ],
+        _build_cmd(demo_raw, out),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -232,20 +236,7 @@ def test_sigkill_then_resume_gives_identical_bytes(point, nth, from_worker, demo
 def test_worker_killed_mid_unit_is_retried_by_ray(demo_corpus, demo_raw, tmp_path):
     out = tmp_path / "corpus"
     proc = subprocess.run(
-        [
-            str(BIN / "medpclip"),
-            "build",
-            "--spec",
-            DEMO_SPECS,
-            "--raw-root",
-            str(demo_raw),
-            "--out",
-            str(out),
-            "--max-side",
-            "256",
-            "--num-cpus",
-            "2",
-        ],
+        _build_cmd(demo_raw, out),
         env=_env(MEDPCLIP_FAULT="shard.sample:2", MEDPCLIP_FAULT_ONCE=str(tmp_path / "fired")),
         capture_output=True,
         text=True,

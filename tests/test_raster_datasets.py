@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from corpus_utils import as_from_json, items_of
 from PIL import Image
 from scipy import ndimage
 
 from medpclip.corpus.schema import sample_key
-from medpclip.frame import Box, Frame, ReadError, SourceFile, SourceItem
+from medpclip.frame import Box, Frame, ReadError, SourceItem
 from medpclip.sources import raster
 from medpclip.specs import DatasetSpec, resolve_spec
 
@@ -265,28 +266,8 @@ def _fresh(name: str, tmp_path: Path) -> Path:
 # --- reading helpers ---------------------------------------------------------------------------------------
 
 
-def _as_from_json(item: SourceItem) -> SourceItem:
-    """The item as a Ray worker gets it: through JSON, tuples turned into lists."""
-    d = json.loads(json.dumps({"meta": list(item.meta), "files": [f.__dict__ for f in item.files]}))
-    return SourceItem(
-        dataset=item.dataset,
-        case_id=item.case_id,
-        files=tuple(SourceFile(**f) for f in d["files"]),
-        patient_id=item.patient_id,
-        study_id=item.study_id,
-        official_split=item.official_split,
-        meta=tuple((k, v) for k, v in d["meta"]),
-    )
-
-
-def _items(spec: DatasetSpec, raw: Path) -> dict[str, SourceItem]:
-    items = list(raster.discover(spec, raw / spec.root))
-    assert [i.case_id for i in items] == sorted(i.case_id for i in items)
-    return {i.case_id: i for i in items}
-
-
 def _frame(spec: DatasetSpec, raw: Path, item: SourceItem) -> Frame:
-    (frame,) = raster.read(spec, raw, _as_from_json(item))
+    (frame,) = raster.read(spec, raw, as_from_json(item))
     return frame
 
 
@@ -341,7 +322,7 @@ def test_bad_options_fail_discovery_once(raw, change, fragment):
 
 def test_kvasir_seg(raw):
     spec = resolve_spec("kvasir_seg")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     assert sorted(items) == sorted([*KVASIR_MASKS, KVASIR_BOXED])  # no ._ fork, no .DS_Store
     stem = "cju0roawvklrq0799vmjorwfv"
     assert _paths(items[stem]) == [
@@ -366,7 +347,7 @@ def test_kvasir_seg(raw):
 
 def test_cvc_clinicdb(raw):
     spec = resolve_spec("cvc_clinicdb")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     assert sorted(items) == sorted(CVC_AREAS)  # Thumbs.db and ._1.tif skipped
     assert _paths(items["10"]) == [
         ("image", "CVC-ClinicDB/Original/10.tif"),
@@ -387,7 +368,7 @@ def test_cvc_clinicdb_missing_and_mismatched_masks(tmp_path):
     (gt / "41.tif").unlink()
     Image.open(gt / "2.tif").resize((W // 2, H // 2)).save(gt / "2.tif")
     spec = resolve_spec("cvc_clinicdb")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     assert _paths(items["41"]) == [("image", "CVC-ClinicDB/Original/41.tif")]
     assert _reason(spec, raw, items["41"]) == (
         "missing_file",
@@ -403,7 +384,7 @@ def test_cvc_clinicdb_missing_and_mismatched_masks(tmp_path):
 
 def test_isic2018(raw):
     spec = resolve_spec("isic2018")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     assert sorted(items) == sorted(ISIC)  # ATTRIBUTION.txt / LICENSE.txt are no images
     assert _paths(items["ISIC_0012255"]) == [
         ("image", "isic2018/ISIC2018_Task1-2_Validation_Input/ISIC_0012255.jpg"),
@@ -422,7 +403,7 @@ def test_isic2018_unreadable_image_and_missing_mask(tmp_path):
     jpg.write_bytes(jpg.read_bytes()[:60])  # truncated download
     (root / "ISIC2018_Task1_Test_GroundTruth" / "ISIC_0036309_segmentation.png").unlink()
     spec = resolve_spec("isic2018")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     assert _reason(spec, raw, items["ISIC_0000000"])[0] == "unreadable_image"
     assert _reason(spec, raw, items["ISIC_0036309"]) == (
         "missing_file",
@@ -437,7 +418,7 @@ def test_isic2018_unreadable_image_and_missing_mask(tmp_path):
 
 def test_busi(raw):
     spec = resolve_spec("busi")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     assert sorted(items) == sorted(BUSI_LESIONS)  # no mask and no orphan mask is an image
     assert _paths(items["benign (1)"]) == [
         ("image", "Dataset_BUSI_with_GT/benign/benign (1).png"),
@@ -467,7 +448,7 @@ def test_busi_quirks(tmp_path):
     (folder / "malignant" / "malignant (1)_mask.png").unlink()
     _save(folder / "benign" / "benign (10).png", _grey_rgb(1)[:20])  # image smaller than its mask
     spec = resolve_spec("busi")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     reason, detail = _reason(spec, raw, items["normal (1)"])
     assert reason == "bad_label_value" and "25 foreground pixels" in detail
     assert _reason(spec, raw, items["malignant (1)"])[0] == "missing_file"
@@ -480,7 +461,7 @@ def test_busi_quirks(tmp_path):
 
 def test_montgomery(raw):
     spec = resolve_spec("montgomery")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     assert sorted(items) == ["MCUCXR_0001_0", "MCUCXR_0002_0", "MCUCXR_0399_1"]
     assert _paths(items["MCUCXR_0001_0"]) == [
         ("image", "MontgomerySet/CXR_png/MCUCXR_0001_0.png"),
@@ -509,7 +490,7 @@ def test_montgomery_unknown_suffix_is_rejected(tmp_path):
     for folder in ("CXR_png", "ManualMask/leftMask", "ManualMask/rightMask"):
         (root / folder / "MCUCXR_0001_0.png").rename(root / folder / "MCUCXR_0001_2.png")
     spec = resolve_spec("montgomery")
-    reason, detail = _reason(spec, raw, _items(spec, raw)["MCUCXR_0001_2"])
+    reason, detail = _reason(spec, raw, items_of(spec, raw)["MCUCXR_0001_2"])
     assert reason == "bad_label_value" and "'2'" in detail
 
 
@@ -518,7 +499,7 @@ def test_montgomery_zero_one_coded_mask_is_refused_not_read_as_empty(tmp_path):
     path = raw / "MontgomerySet" / "ManualMask" / "rightMask" / "MCUCXR_0001_0.png"
     _save(path, MC_RIGHT_LUNG.astype(np.uint8))  # values 0/1
     spec = resolve_spec("montgomery")
-    reason, detail = _reason(spec, raw, _items(spec, raw)["MCUCXR_0001_0"])
+    reason, detail = _reason(spec, raw, items_of(spec, raw)["MCUCXR_0001_0"])
     assert reason == "bad_label_value" and "0 and 1" in detail
 
 
@@ -527,7 +508,7 @@ def test_montgomery_zero_one_coded_mask_is_refused_not_read_as_empty(tmp_path):
 
 def test_shenzhen(raw):
     spec = resolve_spec("shenzhen")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     assert sorted(items) == ["CHNCXR_0001_0", "CHNCXR_0005_0", "CHNCXR_0327_1"]
     assert _paths(items["CHNCXR_0327_1"])[1] == ("mask", "ChinaSet_AllFiles/mask/CHNCXR_0327_1_mask.png")
     for stem, truth in SZ_LUNGS.items():
@@ -544,7 +525,7 @@ def test_shenzhen(raw):
 
 def test_drive(raw):
     spec = resolve_spec("drive")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     assert sorted(items) == ["01_test", "02_test", "21_training", "22_training"]
     assert _paths(items["21_training"]) == [
         ("image", "DRIVE/training/images/21_training.tif"),
@@ -571,7 +552,7 @@ def test_drive_unexpected_name_is_rejected(tmp_path):
     raw = _fresh("drive", tmp_path)
     _save(raw / "DRIVE" / "training" / "images" / "21_training_copy.tif", _photo(1))
     spec = resolve_spec("drive")
-    assert _reason(spec, raw, _items(spec, raw)["21_training_copy"])[0] == "unexpected_name"
+    assert _reason(spec, raw, items_of(spec, raw)["21_training_copy"])[0] == "unexpected_name"
 
 
 # --- REFUGE: BMP coded masks, nested disc and cup, glaucoma from folders ------------------------------------
@@ -579,7 +560,7 @@ def test_drive_unexpected_name_is_rejected(tmp_path):
 
 def test_refuge(raw):
     spec = resolve_spec("refuge")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     assert sorted(items) == ["T0001", "V0001", "g0001", "n0001"]
     expected = {"g0001": ("train", ["glaucoma"]), "n0001": ("train", ["non-glaucoma"]),
                 "V0001": ("val", []), "T0001": ("test", ["glaucoma"])}  # fmt: skip
@@ -604,7 +585,7 @@ def test_refuge_mask_of_the_wrong_set_is_not_used(tmp_path):
         root / "Annotation-Training400" / "Disc_Cup_Masks" / "Glaucoma" / "V0001.bmp"
     )
     spec = resolve_spec("refuge")
-    item = _items(spec, raw)["V0001"]
+    item = items_of(spec, raw)["V0001"]
     assert [f.role for f in item.files] == ["image"]
     assert _reason(spec, raw, item)[0] == "missing_file"
 

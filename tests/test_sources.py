@@ -10,11 +10,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from corpus_utils import frames_of, items_of
 from PIL import Image
 from scipy import ndimage
 
 from medpclip import demo
-from medpclip.frame import Frame, ReadError, SourceFile, SourceItem
+from medpclip.frame import ReadError, SourceFile
 from medpclip.sources import READERS, dicom, get_reader, raster, tables, volumes
 from medpclip.specs import DatasetSpec, parse_spec, resolve_spec
 
@@ -31,30 +32,6 @@ def _copy(raw: Path, folder: str, tmp_path: Path) -> Path:
     """A private copy of one demo dataset (for tests that break it); returns the new raw root."""
     shutil.copytree(raw / folder, tmp_path / folder)
     return tmp_path
-
-
-def _as_from_json(item: SourceItem) -> SourceItem:
-    """The item as a Ray worker gets it: through JSON, tuples turned into lists (build.WorkUnit.from_json)."""
-    d = json.loads(json.dumps({"meta": list(item.meta), "files": [f.__dict__ for f in item.files]}))
-    return SourceItem(
-        dataset=item.dataset,
-        case_id=item.case_id,
-        files=tuple(SourceFile(**f) for f in d["files"]),
-        patient_id=item.patient_id,
-        study_id=item.study_id,
-        official_split=item.official_split,
-        meta=tuple((k, v) for k, v in d["meta"]),
-    )
-
-
-def _items(spec: DatasetSpec, raw: Path) -> dict[str, SourceItem]:
-    items = list(get_reader(spec.format.family).discover(spec, raw / spec.root))
-    assert [i.case_id for i in items] == sorted(i.case_id for i in items)
-    return {i.case_id: i for i in items}
-
-
-def _read(spec: DatasetSpec, raw: Path, item: SourceItem) -> list[Frame]:
-    return list(get_reader(spec.format.family).read(spec, raw, _as_from_json(item)))
 
 
 def _spec(base: str, **changes) -> DatasetSpec:
@@ -87,7 +64,7 @@ def test_unknown_option_is_refused_at_discovery(raw):
 
 def test_msd_discovery_follows_dataset_json(raw):
     spec = resolve_spec("demo_ct")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     assert sorted(items) == sorted(demo.CT_TRAIN_CASES)  # not the test case, not the ._ junk
     item = items["democt_3"]
     assert item.files == (
@@ -100,7 +77,7 @@ def test_msd_discovery_follows_dataset_json(raw):
 
 def test_msd_frames_are_canonical_radiological_slices(raw):
     spec = resolve_spec("demo_ct")
-    frames = _read(spec, raw, _items(spec, raw)["democt_3"])
+    frames = frames_of(spec, raw, items_of(spec, raw)["democt_3"])
     assert [f.slice_index for f in frames] == list(range(24))
     assert {(f.plane, f.intensity, f.spacing_mm, f.shape) for f in frames} == {
         ("ax", "hu", (1.5, 1.5), (128, 128))
@@ -132,7 +109,7 @@ def test_msd_frames_are_canonical_radiological_slices(raw):
 
 def test_msd_float32_labels_are_read_as_integers(raw):
     spec = resolve_spec("demo_ct")
-    frames = _read(spec, raw, _items(spec, raw)[demo.CT_FLOAT_LABEL_CASE])
+    frames = frames_of(spec, raw, items_of(spec, raw)[demo.CT_FLOAT_LABEL_CASE])
     _, lab = demo.ct_case_volumes(demo.CT_FLOAT_LABEL_CASE)
     for f in frames:
         assert f.label_map.dtype == np.uint8
@@ -142,7 +119,7 @@ def test_msd_float32_labels_are_read_as_integers(raw):
 
 def test_msd_tiny_lesion_reaches_the_frame(raw):
     spec = resolve_spec("demo_ct")
-    frames = _read(spec, raw, _items(spec, raw)[demo.CT_LESION_CASE])
+    frames = frames_of(spec, raw, items_of(spec, raw)[demo.CT_LESION_CASE])
     counts = {f.slice_index: int((f.label_map == 6).sum()) for f in frames if (f.label_map == 6).any()}
     assert counts == {demo.CT_LESION_SLICE: 6}  # the reader keeps it; the build drops it as too small
 
@@ -161,11 +138,11 @@ def test_msd_label_value_outside_the_spec_is_rejected(raw, tmp_path):
     spec = _spec(
         "demo_ct", labels=[lab.model_dump() for lab in resolve_spec("demo_ct").labels if lab.value != 6]
     )
-    items = _items(spec, root)
+    items = items_of(spec, root)
     with pytest.raises(ReadError) as e:
-        _read(spec, root, items[demo.CT_LESION_CASE])
+        frames_of(spec, root, items[demo.CT_LESION_CASE])
     assert e.value.reason == "bad_label_value" and "[6]" in e.value.detail
-    assert len(_read(spec, root, items["democt_3"])) == 24  # other cases unaffected
+    assert len(frames_of(spec, root, items["democt_3"])) == 24  # other cases unaffected
 
 
 def test_msd_truncated_volume_is_unreadable(raw, tmp_path):
@@ -174,7 +151,7 @@ def test_msd_truncated_volume_is_unreadable(raw, tmp_path):
     path.write_bytes(path.read_bytes()[:5000])
     spec = resolve_spec("demo_ct")
     with pytest.raises(ReadError) as e:
-        _read(spec, root, _items(spec, root)["democt_8"])
+        frames_of(spec, root, items_of(spec, root)["democt_8"])
     assert e.value.reason == "unreadable_image"
 
 
@@ -222,10 +199,10 @@ def test_pairs_layout_reads_a_real_las_scan(tmp_path):
     img = _anat_dataset(tmp_path)
     assert nib.aff2axcodes(img.affine) == ("L", "A", "S") and img.get_data_dtype().byteorder == ">"
     spec = _pairs_spec(images="images/*.nii", labels="labels/{stem}.nii")
-    items = _items(spec, tmp_path)
+    items = items_of(spec, tmp_path)
     assert list(items) == ["anatomical"]  # junk skipped
     assert items["anatomical"].files[1] == SourceFile("label", "Anat/labels/anatomical.nii")
-    frames = _read(spec, tmp_path, items["anatomical"])
+    frames = frames_of(spec, tmp_path, items["anatomical"])
     ax = [f for f in frames if f.plane == "ax"]
     co = [f for f in frames if f.plane == "co"]
     assert (len(ax), len(co)) == (25, 41)  # shape (33, 41, 25)
@@ -243,13 +220,13 @@ def test_pairs_shape_mismatch_and_missing_label(tmp_path):
     _anat_dataset(tmp_path, label_shape=(33, 41, 24))
     spec = _pairs_spec(images="images/*.nii", labels="labels/{stem}.nii")
     with pytest.raises(ReadError) as e:
-        _read(spec, tmp_path, _items(spec, tmp_path)["anatomical"])
+        frames_of(spec, tmp_path, items_of(spec, tmp_path)["anatomical"])
     assert e.value.reason == "shape_mismatch"
 
     (tmp_path / "Anat" / "labels" / "anatomical.nii").unlink()
-    items = _items(spec, tmp_path)  # still discovered: the reject must name it
+    items = items_of(spec, tmp_path)  # still discovered: the reject must name it
     with pytest.raises(ReadError) as e:
-        _read(spec, tmp_path, items["anatomical"])
+        frames_of(spec, tmp_path, items["anatomical"])
     assert (e.value.reason, e.value.detail) == ("missing_file", "Anat/labels/anatomical.nii")
 
 
@@ -257,11 +234,11 @@ def test_pairs_4d_image_needs_a_channel(tmp_path):
     img = _anat_dataset(tmp_path, source="example4d.nii.gz")
     assert img.shape == (128, 96, 24, 2)
     spec = _pairs_spec(images="images/*.nii.gz", labels="labels/{stem}.nii")
-    item = _items(spec, tmp_path)["example4d"]
+    item = items_of(spec, tmp_path)["example4d"]
     with pytest.raises(ReadError) as e:
-        _read(spec, tmp_path, item)
+        frames_of(spec, tmp_path, item)
     assert e.value.reason == "bad_dimensions"
-    frames = _read(
+    frames = frames_of(
         _pairs_spec(images="images/*.nii.gz", labels="labels/{stem}.nii", channel=1), tmp_path, item
     )
     canonical = np.asanyarray(nib.as_closest_canonical(img).dataobj)[..., 1]
@@ -274,7 +251,7 @@ def test_pairs_4d_image_needs_a_channel(tmp_path):
 
 def test_kvasir_discovery_pairs_images_and_masks(raw):
     spec = resolve_spec("demo_polyp")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     plan = demo.polyp_plan()
     assert list(items) == [p.image_id for p in plan]
     first = items[plan[0].image_id]
@@ -287,9 +264,9 @@ def test_kvasir_discovery_pairs_images_and_masks(raw):
 
 def test_kvasir_masks_threshold_to_the_drawn_polyps(raw):
     spec = resolve_spec("demo_polyp")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     for p in demo.polyp_plan():
-        (frame,) = _read(spec, raw, items[p.image_id])
+        (frame,) = frames_of(spec, raw, items[p.image_id])
         assert frame.image.shape == (p.height, p.width, 3) and frame.image.dtype == np.uint8
         assert frame.intensity == "uint8" and frame.plane == "im" and frame.boxes == []
         ((label, mask),) = frame.masks
@@ -304,9 +281,9 @@ def test_kvasir_boxes_json_stands_in_for_a_missing_mask(raw, tmp_path):
     p = next(p for p in demo.polyp_plan() if len(p.polyps) == 2)
     (root / "Kvasir-SEG" / "masks" / f"{p.image_id}.jpg").unlink()
     spec = resolve_spec("demo_polyp")
-    item = _items(spec, root)[p.image_id]
+    item = items_of(spec, root)[p.image_id]
     assert [f.role for f in item.files] == ["image"]
-    (frame,) = _read(spec, root, item)
+    (frame,) = frames_of(spec, root, item)
     assert frame.masks == []
     assert [(b.label, b.xyxy) for b in frame.boxes] == [
         ("polyp", demo.tight_box(m)) for m in demo.polyp_truth(p)
@@ -323,7 +300,7 @@ def test_kvasir_image_without_mask_or_box_is_rejected(raw, tmp_path):
     boxes_path.write_text(json.dumps(boxes))
     spec = resolve_spec("demo_polyp")
     with pytest.raises(ReadError) as e:
-        _read(spec, root, _items(spec, root)[p.image_id])
+        frames_of(spec, root, items_of(spec, root)[p.image_id])
     assert e.value.reason == "missing_file"
 
 
@@ -333,11 +310,11 @@ def test_kvasir_mask_of_the_wrong_size_is_a_shape_mismatch(raw, tmp_path):
     mask_path = root / "Kvasir-SEG" / "masks" / f"{p.image_id}.jpg"
     Image.open(mask_path).resize((p.width // 2, p.height // 2)).save(mask_path, format="JPEG")
     spec = resolve_spec("demo_polyp")
-    items = _items(spec, root)
+    items = items_of(spec, root)
     with pytest.raises(ReadError) as e:
-        _read(spec, root, items[p.image_id])
+        frames_of(spec, root, items[p.image_id])
     assert e.value.reason == "shape_mismatch"
-    assert len(_read(spec, root, items[demo.polyp_plan()[1].image_id])) == 1
+    assert len(frames_of(spec, root, items[demo.polyp_plan()[1].image_id])) == 1
 
 
 def test_kvasir_unreadable_image(raw, tmp_path):
@@ -346,7 +323,7 @@ def test_kvasir_unreadable_image(raw, tmp_path):
     (root / "Kvasir-SEG" / "images" / f"{p.image_id}.jpg").write_bytes(b"not a jpeg at all")
     spec = resolve_spec("demo_polyp")
     with pytest.raises(ReadError) as e:
-        _read(spec, root, _items(spec, root)[p.image_id])
+        frames_of(spec, root, items_of(spec, root)[p.image_id])
     assert e.value.reason == "unreadable_image"
 
 
@@ -389,13 +366,13 @@ def test_values_mode_turns_a_coded_mask_into_a_label_map(tmp_path):
     spec = _raster_spec(
         labels, images="img/*.jpg", masks=["gt/{stem}.bmp"], mask_mode="values", values={0: 2, 128: 1, 255: 0}
     )
-    (frame,) = _read(spec, tmp_path, _items(spec, tmp_path)["g0001"])
+    (frame,) = frames_of(spec, tmp_path, items_of(spec, tmp_path)["g0001"])
     assert frame.label_values == {1: "disc", 2: "cup"} and frame.masks == []
     assert int((frame.label_map == 2).sum()) == 20 and int((frame.label_map == 1).sum()) == 150 - 20
     coded[0, 0] = 200
     Image.fromarray(coded).save(folder / "gt" / "g0001.bmp")
     with pytest.raises(ReadError) as e:
-        _read(spec, tmp_path, _items(spec, tmp_path)["g0001"])
+        frames_of(spec, tmp_path, items_of(spec, tmp_path)["g0001"])
     assert e.value.reason == "bad_label_value" and "200" in e.value.detail
 
 
@@ -411,12 +388,12 @@ def test_masks_beside_images_are_not_images_and_stay_separate(tmp_path):
     (folder / "Thumbs.db").write_bytes(b"junk")
     labels = [{"label": "tumour", "name": "Breast tumour", "category": "tumour"}]
     spec = _raster_spec(labels, images="*/*.png", masks=["{dir}/{stem}_mask*.png"])
-    items = _items(spec, tmp_path)
+    items = items_of(spec, tmp_path)
     assert list(items) == ["benign (1)"]
     assert [f.path for f in items["benign (1)"].files] == [
         "Tiny/benign/benign (1).png", "Tiny/benign/benign (1)_mask.png", "Tiny/benign/benign (1)_mask_1.png",
     ]  # fmt: skip
-    (frame,) = _read(spec, tmp_path, items["benign (1)"])
+    (frame,) = frames_of(spec, tmp_path, items["benign (1)"])
     assert (
         frame.image.shape == (16, 16)
         and [(lab, int(m.sum())) for lab, m in frame.masks] == [("tumour", 24)] * 2
@@ -428,7 +405,7 @@ def test_masks_beside_images_are_not_images_and_stay_separate(tmp_path):
 
 def test_nih_discovery_patients_and_official_split(raw):
     spec = resolve_spec("demo_cxr")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     assert len(items) == 19
     assert items["00000101_001"].files == (SourceFile("image", "ChestX-ray14/images/00000101_001.png"),)
     assert {i.patient_id for i in items.values()} == {str(p) for p in demo.CXR_PATIENTS}
@@ -440,24 +417,24 @@ def test_nih_discovery_patients_and_official_split(raw):
 
 def test_nih_boxes_equal_the_drawn_structures_and_infiltrate_resolves(raw):
     spec = resolve_spec("demo_cxr")
-    items = _items(spec, raw)
+    items = items_of(spec, raw)
     truth = demo.cxr_truth()
     rename = {"Infiltrate": "Infiltration"}
     for name in demo.CXR_BOXED:
-        (frame,) = _read(spec, raw, items[name[:-4]])
+        (frame,) = frames_of(spec, raw, items[name[:-4]])
         expected = [(rename.get(lab, lab), tuple(float(v) for v in box)) for lab, box in truth[name]]
         assert [(b.label, b.xyxy) for b in frame.boxes] == expected
-    (frame,) = _read(spec, raw, items["00000077_000"])
+    (frame,) = frames_of(spec, raw, items["00000077_000"])
     assert {b.label for b in frame.boxes} == {"Nodule", "Infiltration"}
     assert frame.image_labels == ["Infiltration", "Nodule"]
 
 
 def test_nih_image_labels_and_no_finding(raw):
     spec = resolve_spec("demo_cxr")
-    items = _items(spec, raw)
-    (frame,) = _read(spec, raw, items["00000025_000"])
+    items = items_of(spec, raw)
+    (frame,) = frames_of(spec, raw, items["00000025_000"])
     assert frame.image_labels == ["No Finding"] and frame.boxes == [] and not frame.has_annotations
-    (frame,) = _read(spec, raw, items["00000042_001"])
+    (frame,) = frames_of(spec, raw, items["00000042_001"])
     assert frame.image_labels == ["Effusion", "Infiltration"] and frame.boxes == []
     assert frame.image.shape == (256, 256) and frame.intensity == "uint8" and frame.plane == "im"
     img, _ = demo.cxr_image(42, 1)
@@ -466,24 +443,24 @@ def test_nih_image_labels_and_no_finding(raw):
 
 def test_nih_rgba_png_is_read_as_grey(raw):
     spec = resolve_spec("demo_cxr")
-    (frame,) = _read(spec, raw, _items(spec, raw)["00000063_001"])
+    (frame,) = frames_of(spec, raw, items_of(spec, raw)["00000063_001"])
     img, _ = demo.cxr_image(63, 1)
     assert frame.image.ndim == 2 and np.array_equal(frame.image, img)
 
 
-def test_nih_row_naming_a_missing_image_is_rejected_at_read(raw, tmp_path):
+def test_nih_row_naming_a_missing_image_is_rejected_atframes_of(raw, tmp_path):
     root = _copy(raw, "ChestX-ray14", tmp_path)
     with open(root / "ChestX-ray14" / "Data_Entry_2017.csv", "a") as f:
         f.write("00000999_000.png,Nodule,0,999,40,F,PA,2500,2048,0.143,0.143\n")
     spec = resolve_spec("demo_cxr")
-    items = _items(spec, root)
+    items = items_of(spec, root)
     assert len(items) == 20
     item = items["00000999_000"]
     assert item.patient_id == "999" and item.files == (
         SourceFile("image", "ChestX-ray14/images/00000999_000.png"),
     )
     with pytest.raises(ReadError) as e:
-        _read(spec, root, item)
+        frames_of(spec, root, item)
     assert (e.value.reason, e.value.detail) == ("missing_file", "ChestX-ray14/images/00000999_000.png")
 
 
@@ -495,13 +472,13 @@ def test_nih_broken_rows_reject_only_their_image(raw, tmp_path):
         f.write("00000090_000.png,Hernia,10,10,20,20\n")  # a label the spec does not have
     Image.fromarray(np.zeros((256, 256), np.uint8)).save(folder / "images" / "00000500_000.png")  # no row
     spec = resolve_spec("demo_cxr")
-    items = _items(spec, root)
+    items = items_of(spec, root)
     expected = {"00000058_000": "bad_row", "00000090_000": "bad_label_value", "00000500_000": "no_table_row"}
     for case, reason in expected.items():
         with pytest.raises(ReadError) as e:
-            _read(spec, root, items[case])
+            frames_of(spec, root, items[case])
         assert e.value.reason == reason, case
-    assert len(_read(spec, root, items["00000090_001"])) == 1
+    assert len(frames_of(spec, root, items["00000090_001"])) == 1
 
 
 def test_nih_unknown_finding_label_is_rejected(raw, tmp_path):
@@ -510,5 +487,5 @@ def test_nih_unknown_finding_label_is_rejected(raw, tmp_path):
     path.write_text(path.read_text().replace("00000025_000.png,No Finding", "00000025_000.png,Hernia"))
     spec = resolve_spec("demo_cxr")
     with pytest.raises(ReadError) as e:
-        _read(spec, root, _items(spec, root)["00000025_000"])
+        frames_of(spec, root, items_of(spec, root)["00000025_000"])
     assert e.value.reason == "bad_label_value" and "Hernia" in e.value.detail

@@ -18,12 +18,12 @@ import nibabel as nib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from corpus_utils import frames_of, items_of
 from scipy import ndimage
 
 from medpclip.corpus.build import build_corpus
 from medpclip.corpus.split import assign_split
 from medpclip.frame import Frame, ReadError, SourceFile, SourceItem
-from medpclip.sources import get_reader
 from medpclip.sources._common import parse_options
 from medpclip.sources.volumes import VolumeOptions
 from medpclip.specs import DatasetSpec, parse_spec, resolve_spec, resolve_specs
@@ -364,30 +364,6 @@ def raw(tmp_path_factory) -> Path:
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
-
-
-def _as_from_json(item: SourceItem) -> SourceItem:
-    """The item as a Ray worker gets it: through JSON (tuples become lists)."""
-    d = json.loads(json.dumps({"meta": list(item.meta), "files": [f.__dict__ for f in item.files]}))
-    return SourceItem(
-        dataset=item.dataset,
-        case_id=item.case_id,
-        files=tuple(SourceFile(**f) for f in d["files"]),
-        patient_id=item.patient_id,
-        study_id=item.study_id,
-        official_split=item.official_split,
-        meta=tuple((k, v) for k, v in d["meta"]),
-    )
-
-
-def items_of(spec: DatasetSpec, raw: Path) -> dict[str, SourceItem]:
-    items = list(get_reader(spec.format.family).discover(spec, raw / spec.root))
-    assert [i.case_id for i in items] == sorted(i.case_id for i in items)
-    return {i.case_id: i for i in items}
-
-
-def frames_of(spec: DatasetSpec, raw: Path, item: SourceItem) -> list[Frame]:
-    return list(get_reader(spec.format.family).read(spec, raw, _as_from_json(item)))
 
 
 def rejected(spec: DatasetSpec, raw: Path, item: SourceItem) -> ReadError:

@@ -19,7 +19,7 @@ from medpclip.corpus import schema
 from medpclip.corpus.sample import SampleParams
 from medpclip.corpus.schema import reject_row
 from medpclip.corpus.shards import DEFAULT_SHARD_BYTES
-from medpclip.frame import ReadError, SourceFile, SourceItem
+from medpclip.frame import ReadError, SourceItem
 from medpclip.sources import get_reader
 from medpclip.specs import DatasetSpec
 
@@ -64,18 +64,7 @@ class WorkUnit:
     @staticmethod
     def from_json(text: str) -> WorkUnit:
         d = json.loads(text)
-        items = tuple(
-            SourceItem(
-                dataset=i["dataset"],
-                case_id=i["case_id"],
-                files=tuple(SourceFile(**f) for f in i["files"]),
-                patient_id=i["patient_id"],
-                study_id=i["study_id"],
-                official_split=i["official_split"],
-                meta=tuple((k, v) for k, v in i["meta"]),
-            )
-            for i in d["items"]
-        )
+        items = tuple(SourceItem.from_dict(i) for i in d["items"])
         return WorkUnit(
             dataset=d["dataset"],
             unit=d["unit"],
