@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from medpclip import demo
 from medpclip.frame import ReadError, SourceFile
-from medpclip.sources import READERS, dicom, get_reader, raster, tables, volumes
+from medpclip.sources import READERS, contours, dicom, get_reader, raster, reports, tables, volumes
 from medpclip.specs import DatasetSpec, parse_spec, resolve_spec
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
@@ -46,7 +46,14 @@ def _spec(base: str, **changes) -> DatasetSpec:
 
 
 def test_registry_maps_families_to_modules():
-    assert READERS == {"volumes": volumes, "raster": raster, "tables": tables, "dicom": dicom}
+    assert READERS == {
+        "volumes": volumes,
+        "raster": raster,
+        "tables": tables,
+        "dicom": dicom,
+        "contours": contours,
+        "reports": reports,
+    }
     assert get_reader("tables") is tables
     with pytest.raises(ValueError, match="unknown format family 'nope'"):
         get_reader("nope")

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from medpclip.sources import dicom, raster, tables, volumes
+from medpclip.sources import contours, dicom, raster, reports, tables, volumes
 
-READERS: dict[str, ModuleType] = {"volumes": volumes, "raster": raster, "tables": tables, "dicom": dicom}
+READERS: dict[str, ModuleType] = {
+    "volumes": volumes,
+    "raster": raster,
+    "tables": tables,
+    "dicom": dicom,
+    "contours": contours,
+    "reports": reports,
+}
 
 
 def get_reader(family: str) -> ModuleType:

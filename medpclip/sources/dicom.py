@@ -18,6 +18,20 @@ Options (``spec.format.options``), paths relative to the dataset folder:
 - ``ignore_labels: []`` — fnmatch patterns (case-insensitive) of SEG segment / RTSTRUCT ROI names to leave out
   on purpose (planning structures such as ``z_*``, ``PTV*``). Any other name that is not a spec label or alias
   rejects the case (``bad_label_value``), as a label value outside the spec does in the other readers.
+- ``split_series_by_folder: false`` — ``true``: files of one ``SeriesInstanceUID`` in different folders are
+  different volumes (CHAOS splits one T1 dual-echo series into ``InPhase/`` and ``OutPhase/`` folders whose
+  slices share their positions; as one series they would be refused as ``inconsistent_series``).
+- ``masks: []`` — 2D mask files, ONE PER SLICE, for series whose folder matches (CHAOS ``Ground/*.png``).
+  Each entry: ``series`` (regex searched in the series folder, relative to the dataset folder), ``folder``
+  (the mask folder relative to the dataset folder; ``{name}`` fields are the regex's named groups and
+  ``{folder}`` the series folder; ``..`` allowed), ``files: "*.png"``, ``encoding: threshold`` (grey value
+  ``> threshold`` is ``label``, default the spec's only label) or ``ranges`` (``ranges: {label: [lo, hi]}``,
+  inclusive grey-level ranges; any other non-zero value rejects the case, ``bad_label_value``), ``order:
+  reversed`` (the mask files in NATURAL name order run opposite to the slice stack: the first file is the
+  last slice along the slice normal, nnU-Net's ``[::-1]`` for CHAOS) or ``same``, ``required: true`` (a
+  matched series without mask files is ``missing_file``). The first matching entry applies. A count of mask
+  files other than the number of slices, or a mask of another size than the slices, is ``shape_mismatch``.
+  Masks are in the slices' stored pixel grid and are reoriented with the volume.
 
 Items and case ids: a volume's case id is its series' folder relative to the dataset folder (plus the series
 UID when several series share a folder); a single image's is its path without suffix. The patient id comes from
@@ -59,12 +73,19 @@ Read errors (reason codes): ``not_dicom``, ``no_pixel_data``, ``unsupported_tran
 ``shape_mismatch``, ``bad_label_value``, ``bad_dimensions``.
 
 Memory: one series at a time; annotation masks are bit-packed (8 masks per byte per voxel).
+
+For sibling readers (``sources.contours``: LIDC-IDRI XML contours on a CT series): :func:`load_series` assembles
+an item's series in stack order and :func:`volume_frames` slices it with annotations given on the stack
+(:class:`MaskChannels`, :class:`StackPoint`, :class:`StackBox`), through the same reorientation as SEG and
+RTSTRUCT masks.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
+import posixpath
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,18 +94,19 @@ from typing import Literal
 
 import numpy as np
 import pydicom
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from medpclip import imaging
-from medpclip.frame import Frame, Intensity, ReadError, SourceFile, SourceItem
+from medpclip.frame import Box, Frame, Intensity, Point, ReadError, SourceFile, SourceItem
 from medpclip.sources._common import (
     Options,
     existing,
     files_of,
     glob_files,
+    load_mask,
     make_item,
     parse_options,
     raise_item_error,
@@ -114,6 +136,37 @@ def frame_modality(ds: Dataset) -> str | None:
     return _MODALITY.get(str(ds.get("Modality", "")).upper())
 
 
+class SeriesMasks(Options):
+    """One mask file per slice for series whose folder matches ``series`` (see the module docstring)."""
+
+    series: str
+    folder: str
+    files: str = "*.png"
+    encoding: Literal["threshold", "ranges"] = "threshold"
+    label: str | None = None
+    threshold: int = 127
+    ranges: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    order: Literal["reversed", "same"] = "reversed"
+    required: bool = True
+
+    @field_validator("series")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"invalid regex: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _encoding(self) -> SeriesMasks:
+        if self.encoding == "ranges" and not self.ranges:
+            raise ValueError("encoding 'ranges' needs 'ranges: {label: [lo, hi]}'")
+        if any(lo > hi for lo, hi in self.ranges.values()):
+            raise ValueError("each range needs lo <= hi")
+        return self
+
+
 class DicomOptions(Options):
     files: str | list[str] = "**/*"
     volume_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR", "PT"])
@@ -121,6 +174,8 @@ class DicomOptions(Options):
     segment_label: Literal["label", "property"] = "label"
     ignore_labels: list[str] = Field(default_factory=list)
     keep_localizers: bool = False
+    split_series_by_folder: bool = False
+    masks: list[SeriesMasks] = Field(default_factory=list)
 
 
 # --- files and datasets ------------------------------------------------------------------------------------
@@ -669,7 +724,10 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
     annotations = [h for h in headers if h.kind in ("seg", "rtstruct")]
     by_series: dict[str, list[_Header]] = defaultdict(list)
     for h in images:
-        by_series[h.series_uid or f"file:{h.rel}"].append(h)
+        group_key = h.series_uid or f"file:{h.rel}"
+        if opts.split_series_by_folder and h.series_uid:
+            group_key = f"{h.series_uid}|{h.rel.parent.as_posix()}"
+        by_series[group_key].append(h)
     folder_series: dict[PurePosixPath, set[str]] = defaultdict(set)
     for uid, group in by_series.items():
         for h in group:
@@ -677,7 +735,7 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
 
     # units: a volume (series / enhanced file) or a single image file
     units: list[tuple[str, str, list[_Header]]] = []  # (kind, case_id, headers)
-    for uid, group in sorted(by_series.items()):
+    for _group_key, group in sorted(by_series.items()):
         group.sort(key=lambda h: h.rel.as_posix())
         first = group[0]
         if _is_volume(group, volume_modalities):
@@ -686,9 +744,9 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
             if folder is not None and len(folder_series[folder]) == 1 and folder != PurePosixPath("."):
                 case_id = folder.as_posix()
             elif folder is not None and folder != PurePosixPath("."):
-                case_id = f"{folder.as_posix()}/{uid}"
+                case_id = f"{folder.as_posix()}/{first.series_uid}"
             else:
-                case_id = uid
+                case_id = first.series_uid
             units.append(("series", case_id, group))
         elif (
             len(group) == 1
@@ -741,6 +799,14 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
     for n, (kind, case_id, group) in enumerate(units):
         files = [SourceFile("image", raw_path(spec, h.rel)) for h in group]
         files += [SourceFile(a.kind, raw_path(spec, a.rel)) for a in attached.get(n, [])]
+        meta: dict[str, object] = {"kind": kind}
+        error = None
+        if kind == "series" and opts.masks:
+            found = _series_mask_files(spec, root, opts, group)
+            if found is not None:
+                entry, mask_files, error = found
+                files += [SourceFile("mask", raw_path(spec, m)) for m in mask_files]
+                meta["masks"] = entry
         items.append(
             make_item(
                 spec,
@@ -748,10 +814,45 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
                 files,
                 fields=_fields(group[0]),
                 study_id=group[0].study_uid or None,
-                meta={"kind": kind},
+                meta=meta,
+                error=error,
             )
         )
     yield from sorted_items(items)
+
+
+def natural_key(name: str) -> tuple:
+    """``img2.png`` before ``img10.png``: digit runs compare as numbers (CHAOS mask order, torch-em's natsort)."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t)
+
+
+def _series_mask_files(
+    spec: DatasetSpec, root: Path, opts: DicomOptions, group: list[_Header]
+) -> tuple[int, list[PurePosixPath], tuple[str, str] | None] | None:
+    """(entry index, mask files in natural order, error) for a series that a ``masks`` entry matches."""
+    folder = group[0].rel.parent.as_posix()
+    for index, entry in enumerate(opts.masks):
+        m = re.search(entry.series, folder)
+        if m is None:
+            continue
+        fields = {k: v or "" for k, v in m.groupdict().items()}
+        try:
+            mask_dir = posixpath.normpath(entry.folder.format(folder=folder, **fields))
+        except (KeyError, IndexError, ValueError) as e:
+            return index, [], ("bad_option", f"masks[{index}].folder '{entry.folder}': no field {e}")
+        if mask_dir.startswith(".."):
+            return index, [], ("bad_option", f"masks[{index}].folder leaves the dataset folder: {mask_dir}")
+        base = root / mask_dir
+        found = glob_files(base, entry.files) if base.is_dir() else []
+        rels = sorted(
+            (PurePosixPath(mask_dir) / p.relative_to(base).as_posix() for p in found),
+            key=lambda r: natural_key(r.as_posix()),
+        )
+        error = None
+        if not rels and entry.required:
+            error = ("missing_file", f"no mask files {raw_path(spec, mask_dir)}/{entry.files} for {folder}")
+        return index, rels, error
+    return None
 
 
 def _fields(h: _Header) -> dict[str, object]:
@@ -799,6 +900,9 @@ class _Channels:
             plane[k] ^= mask.astype(np.uint8) * bit
         else:
             plane[k] |= mask.astype(np.uint8) * bit
+
+
+MaskChannels = _Channels  # public name for sibling readers (sources.contours)
 
 
 class _Labeller:
@@ -896,6 +1000,9 @@ def _fill_polygon(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) ->
                 if c0 <= c1:
                     out[r, c0 : c1 + 1] = True
     return out
+
+
+fill_polygon = _fill_polygon  # public name for sibling readers (sources.contours)
 
 
 def _contour_points(contour: Dataset) -> np.ndarray | None:
@@ -1006,6 +1113,30 @@ def _annotation_datasets(raw_root: Path, item: SourceItem) -> list[tuple[str, st
 
 
 def _read_series(spec: DatasetSpec, opts: DicomOptions, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
+    vol = load_series(raw_root, item)
+    yield from _volume_frames(
+        spec, opts, raw_root, item, vol.stack, vol.geo, vol.sop_to_k, vol.intensity, vol.modality
+    )
+
+
+@dataclass
+class SeriesVolume:
+    """An item's single-frame series in stack order (ascending along the slice normal): modality values (HU
+    for CT) as (k, rows, cols), its geometry, and the stack index of each SOP Instance UID."""
+
+    stack: np.ndarray
+    geo: Geometry
+    sop_to_k: dict[tuple[str, int | None], int]
+    intensity: Intensity
+    modality: str | None
+
+
+def load_series(raw_root: Path, item: SourceItem, *, drop_repeated: bool = False) -> SeriesVolume:
+    """The item's ``image`` files assembled into one volume (the ``series`` kind of :func:`discover`).
+
+    ``drop_repeated``: of several slices at one position keep the one with the lowest ``InstanceNumber`` (then
+    file name) instead of refusing the series — pylidc's rule for the LIDC-IDRI scans that repeat a slice.
+    The dropped slices' SOP Instance UIDs are not in ``sop_to_k``."""
     rels = files_of(item, "image")
     headers = [read_dataset(existing(raw_root, rel), rel, header_only=True) for rel in rels]
     geos = []
@@ -1014,6 +1145,9 @@ def _read_series(spec: DatasetSpec, opts: DicomOptions, raw_root: Path, item: So
         if g is None:
             raise ReadError("inconsistent_series", f"{rel}: no ImagePositionPatient/Orientation/PixelSpacing")
         geos.append(g)
+    if drop_repeated and len(geos) > 1:
+        keep = _first_at_each_position(headers, geos, rels)
+        rels, headers, geos = [rels[i] for i in keep], [headers[i] for i in keep], [geos[i] for i in keep]
     geo, order = _geometry(geos, item.case_id)
     ct = str(headers[0].get("Modality", "")).upper() == "CT"
     rescale = [_rescale_of(headers[i]) for i in order]
@@ -1027,9 +1161,25 @@ def _read_series(spec: DatasetSpec, opts: DicomOptions, raw_root: Path, item: So
         stack.put(k, stored, ds)
         sop_to_k[(str(ds.get("SOPInstanceUID", "")), None)] = k
     intensity: Intensity = "hu" if ct else "raw"
-    yield from _volume_frames(
-        spec, opts, raw_root, item, stack.data, geo, sop_to_k, intensity, frame_modality(headers[0])
-    )
+    return SeriesVolume(stack.data, geo, sop_to_k, intensity, frame_modality(headers[0]))
+
+
+def _first_at_each_position(headers: list[Dataset], geos: list[_SliceGeo], rels: list[str]) -> list[int]:
+    """Indices of the slices to keep: per position along the normal (to 1 µm), the lowest InstanceNumber."""
+    first = geos[0].orientation
+    normal = np.cross(first[:3], first[3:])
+    norm = np.linalg.norm(normal)
+    if norm < 1e-6:
+        return list(range(len(geos)))
+    normal = normal / norm
+    best: dict[float, int] = {}
+    for i, (ds, g) in enumerate(zip(headers, geos, strict=True)):
+        at = round(float(g.position @ normal), 3)
+        rank = (_float(ds.get("InstanceNumber"), math.inf), rels[i])
+        j = best.get(at)
+        if j is None or rank < (_float(headers[j].get("InstanceNumber"), math.inf), rels[j]):
+            best[at] = i
+    return sorted(best.values())
 
 
 class _Stack:
@@ -1074,7 +1224,76 @@ def _volume_frames(
             _add_seg(ds, rel, geo, sop_to_k, geo.shape, channels, label_of, opts.segment_label)
         else:
             _add_rtstruct(ds, rel, geo, sop_to_k, channels, label_of)
+    entry = item.meta_dict().get("masks")
+    if entry is not None:
+        _add_mask_files(spec, opts.masks[int(entry)], raw_root, item, channels)
+    vol = SeriesVolume(stack, geo, sop_to_k, intensity, modality)
+    yield from volume_frames(spec, item, vol, channels)
 
+
+@dataclass(frozen=True)
+class StackPoint:
+    """A point on slice ``k`` of a series stack. ``row``/``col`` are continuous pixel coordinates of the stored
+    slice (pixel ``i`` covers ``[i, i + 1)``, so its centre is ``i + 0.5``), as :class:`~medpclip.frame.Point`."""
+
+    label: str
+    k: int
+    row: float
+    col: float
+    annotator: str | None = None
+
+
+@dataclass(frozen=True)
+class StackBox:
+    """A box on slice ``k`` of a series stack: rows ``[r0, r1)``, columns ``[c0, c1)`` of the stored slice."""
+
+    label: str
+    k: int
+    r0: float
+    c0: float
+    r1: float
+    c1: float
+    annotator: str | None = None
+
+
+class _FrameMapper:
+    """Continuous stack coordinates (col, row, k) → (slice index, display row, display col) of a plane, by the
+    same reorientation and display flip that :func:`volume_frames` applies to the pixels."""
+
+    def __init__(self, affine: np.ndarray, shape_crk: tuple[int, int, int]):
+        import nibabel as nib
+
+        ornt = nib.orientations.io_orientation(affine)
+        self.transform = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(("R", "A", "S")))
+        self.shape = shape_crk
+        self.out_shape = [0, 0, 0]
+        for i, n in enumerate(shape_crk):
+            self.out_shape[int(self.transform[i, 0])] = n
+
+    def __call__(self, plane: str, col: float, row: float, k: float) -> tuple[int, float, float]:
+        v = [0.0, 0.0, 0.0]
+        for i, u in enumerate((col, row, k)):
+            j = int(self.transform[i, 0])
+            v[j] = self.shape[i] - u if self.transform[i, 1] < 0 else u
+        axis = {"sa": 0, "co": 1, "ax": 2}[plane]
+        p0, p1 = (a for a in (0, 1, 2) if a != axis)
+        m = self.out_shape
+        return math.floor(v[axis]), m[p1] - v[p1], m[p0] - v[p0]
+
+
+def volume_frames(
+    spec: DatasetSpec,
+    item: SourceItem,
+    vol: SeriesVolume,
+    channels: _Channels,
+    *,
+    points: tuple[StackPoint, ...] | list[StackPoint] = (),
+    boxes: tuple[StackBox, ...] | list[StackBox] = (),
+) -> Iterator[Frame]:
+    """Frames of a series volume for the spec's planes, with the masks in ``channels`` and the points and boxes
+    given on the stack. Points go to every plane (a point is a 3D position); boxes only to the acquisition
+    plane they were drawn on."""
+    stack, geo = vol.stack, vol.geo
     affine = geo.affine_ras()
     data, zooms = imaging.reorient_canonical(stack.transpose(2, 1, 0), affine)
     planes_src = [imaging.reorient_canonical(p.transpose(2, 1, 0), affine)[0] for p in channels.planes]
@@ -1083,7 +1302,20 @@ def _volume_frames(
         planes = (_PLANES_OF_AXIS[stack_axis],)
     else:
         planes = spec.slicing.planes
+    mapper = _FrameMapper(affine, (geo.shape[1], geo.shape[0], geo.depth)) if points or boxes else None
     for plane in planes:
+        frame_points: dict[int, list[Point]] = defaultdict(list)
+        frame_boxes: dict[int, list[Box]] = defaultdict(list)
+        if mapper is not None:
+            for p in points:
+                index, r, c = mapper(plane, p.col, p.row, p.k + 0.5)
+                frame_points[index].append(Point(p.label, (c, r), p.annotator))
+            if plane == _PLANES_OF_AXIS[stack_axis]:
+                for b in boxes:
+                    index, ra, ca = mapper(plane, b.c0, b.r0, b.k + 0.5)
+                    _, rb, cb = mapper(plane, b.c1, b.r1, b.k + 0.5)
+                    xyxy = (min(ca, cb), min(ra, rb), max(ca, cb), max(ra, rb))
+                    frame_boxes[index].append(Box(b.label, xyxy, b.annotator))
         iters = [imaging.iter_slices(p, zooms, plane, spec.slicing.step) for p in planes_src]
         for index, img, spacing in imaging.iter_slices(data, zooms, plane, spec.slicing.step):
             bits = [next(it)[1] for it in iters]
@@ -1093,9 +1325,49 @@ def _volume_frames(
                 if m.any():
                     masks.append((label, m.astype(bool)))
             yield Frame(
-                item=item, image=img, intensity=intensity, plane=plane, slice_index=index,
-                spacing_mm=spacing, masks=masks, modality=modality,
+                item=item, image=img, intensity=vol.intensity, plane=plane, slice_index=index,
+                spacing_mm=spacing, masks=masks, modality=vol.modality,
+                points=frame_points.get(index, []), boxes=frame_boxes.get(index, []),
             )  # fmt: skip
+
+
+def _add_mask_files(
+    spec: DatasetSpec, entry: SeriesMasks, raw_root: Path, item: SourceItem, channels: _Channels
+) -> None:
+    """One mask file per slice (``masks`` option) → channels, in the entry's file order."""
+    depth, rows, cols = channels.shape
+    rels = files_of(item, "mask")
+    if len(rels) != depth:
+        raise ReadError("shape_mismatch", f"{item.case_id}: {len(rels)} mask files for {depth} slices")
+    if entry.encoding == "threshold":
+        if entry.label is None and len(spec.labels) != 1:
+            raise ReadError("bad_option", f"spec '{spec.name}': masks need a 'label' (the spec has several)")
+        labels = {resolve_label(spec, entry.label or spec.labels[0].label).label: None}
+    else:
+        labels = {resolve_label(spec, raw).label: (lo, hi) for raw, (lo, hi) in entry.ranges.items()}
+    chan = {label: channels.add(label) for label in labels}
+    for i, rel in enumerate(rels):
+        k = depth - 1 - i if entry.order == "reversed" else i
+        grey = load_mask(existing(raw_root, rel), rel)
+        if grey.shape != (rows, cols):
+            raise ReadError("shape_mismatch", f"{rel}: mask {grey.shape} != slice {(rows, cols)}")
+        if entry.encoding == "threshold":
+            top = int(grey.max()) if grey.size else 0
+            if 0 < top <= entry.threshold:  # a 0/1-coded mask read as 0/255 would come out empty
+                raise ReadError(
+                    "bad_label_value", f"{rel}: largest value {top} <= threshold {entry.threshold}"
+                )
+            channels.set(chan[next(iter(labels))], k, grey > entry.threshold)
+            continue
+        known = grey == 0
+        for label, (lo, hi) in labels.items():
+            m = (grey >= lo) & (grey <= hi)
+            known |= m
+            if m.any():
+                channels.set(chan[label], k, m)
+        if not known.all():
+            values = ", ".join(str(v) for v in np.unique(grey[~known])[:8].tolist())
+            raise ReadError("bad_label_value", f"{rel}: grey values {values} are in no range of the spec")
 
 
 def _stack_axis_after_reorientation(affine: np.ndarray) -> int:

@@ -42,6 +42,24 @@ stripping spaces (SIIM's header is ``ImageId, EncodedPixels``: the column is ``'
   previous run; ``absolute``: from pixel ``first_pixel`` (1 for Kaggle's standard RLE). ``order: F``: pixels
   are numbered column by column (SIIM's decode-then-transpose), ``C``: row by row. The flat length is the
   image's own height × width; a run outside it is ``bad_rle``. ``empty`` marks a row without mask.
+- ``coco: {file, split, image_labels}`` — a COCO detection/segmentation JSON (one or a list, format reference
+  §10): ``images`` (``id``, ``file_name``, ``width``, ``height``), ``annotations`` (``image_id``,
+  ``category_id``, ``bbox`` [x, y, w, h] 0-indexed, optional ``segmentation``, ``iscrowd``) and
+  ``categories`` (``id``, ``name``: the label, through the spec's aliases). ``file_name`` may hold a subfolder
+  (TBX11K ``tb/tb0005.png``): use ``match: path`` with ``image_root`` (the folder the names are relative to).
+  An annotation with a ``segmentation`` becomes a mask — polygons ``[[x1, y1, x2, y2, …], …]`` (the parts of
+  one object are merged), uncompressed RLE ``{size, counts: [..]}`` or compressed RLE ``{size, counts:
+  "…"}``, decoded with pycocotools (column-major counts); ``iscrowd`` RLE masks are kept as masks (their
+  connected components become instances). Without a segmentation the ``bbox`` is a box. A polygon part of
+  fewer than 3 points is rejected at region level (``invalid_box`` at its first point); a box of zero width or
+  height likewise; an RLE whose ``size`` differs from the image is ``mask_shape_mismatch``. An image whose
+  size differs from its ``width``/``height`` is ``shape_mismatch``; a category id not in ``categories`` is
+  ``bad_row``; a malformed segmentation is ``bad_rle``; a JSON that is no COCO file, or an annotation of an
+  image id the file does not list, is ``unreadable_table``. Images the file lists without annotations are
+  negatives (no region; kept with ``slicing.keep_empty``). ``image_labels: true`` puts each image's category
+  names into ``Frame.image_labels``.
+- ``match: path`` / ``image_root: ""`` — tables name images by their path relative to ``image_root`` (COCO
+  ``file_name`` with a subfolder); the case id is that path without its suffix.
 - ``split_lists: {train: train_val_list.txt, test: test_list.txt}`` — one image name per line.
 - A normal label reaches ``Frame.image_labels`` only when the image has no finding label from any table or
   reader (VinDr: one reader's ``No finding`` beside another's nodule gives the nodule only).
@@ -63,6 +81,7 @@ negative.
 from __future__ import annotations
 
 import csv
+import json
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -86,7 +105,9 @@ from medpclip.sources._common import (
     raw_path,
     resolve_label,
     sorted_items,
+    strip_dot,
 )
+from medpclip.sources._shapes import InstanceLayers, rejected_outline
 from medpclip.specs import SPLITS, DatasetSpec
 
 _BOX_ROLES = {"xywh": ("x", "y", "w", "h"), "xyxy": ("x0", "y0", "x1", "y1")}
@@ -158,12 +179,22 @@ class RleTable(Options):
     _split = field_validator("split")(_split_name)
 
 
+class CocoTable(Options):
+    file: str | list[str]
+    split: str | None = None
+    image_labels: bool = False
+
+    _split = field_validator("split")(_split_name)
+
+
 class TableOptions(Options):
     images: str | list[str]
-    match: Literal["name", "stem"] = "name"
+    match: Literal["name", "stem", "path"] = "name"
+    image_root: str = ""
     image_table: ImageTable | list[ImageTable] | None = None
     boxes_table: BoxTable | list[BoxTable] | None = None
     rle_table: RleTable | list[RleTable] | None = None
+    coco: CocoTable | list[CocoTable] | None = None
     split_lists: dict[str, str] = Field(default_factory=dict)
     grey: bool = False
     dicom_voi: bool = True
@@ -218,6 +249,14 @@ class _Found:
 def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
     opts = parse_options(spec, TableOptions)
     key_of = (lambda p: p.stem) if opts.match == "stem" else (lambda p: p.name)
+    if opts.match == "path":
+        image_root = root / opts.image_root
+
+        def key_of(p: Path) -> str:
+            return (
+                p.relative_to(image_root) if p.is_relative_to(image_root) else p.relative_to(root)
+            ).as_posix()
+
     on_disk: dict[str, Path] = {}
     for p in glob_files(root, opts.images):
         on_disk.setdefault(key_of(p), p)
@@ -234,10 +273,17 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
         _rle_rows(root, table, found, index=not image_tables)
     for table in box_tables:
         _box_rows(root, table, found, index=not image_tables and not rle_tables)
+    coco_tables = opts.tables("coco")
+    for table in coco_tables:
+        _coco_rows(
+            root, table, found, opts.match, index=not image_tables and not rle_tables and not box_tables
+        )
     _split_lists(root, opts.split_lists, found)
 
     names = found.named | set(on_disk)
     fallback_dir = literal_dir(opts.first_glob())
+    if opts.match == "path":
+        fallback_dir = PurePosixPath(opts.image_root)
     suffix = PurePosixPath(opts.first_glob()).suffix if opts.match == "stem" else ""
     study_column = next((t.study_column for t in image_tables if t.study_column), None)
     items = []
@@ -249,8 +295,9 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
         )
         row = dict(found.rows.get(name) or {})
         error = found.errors.get(name)
-        if name in on_disk and name not in found.indexed and (image_tables or rle_tables or box_tables):
-            index = ", ".join(_names((image_tables or rle_tables or box_tables)[0].file))
+        index_tables = image_tables or rle_tables or box_tables or coco_tables
+        if name in on_disk and name not in found.indexed and index_tables:
+            index = ", ".join(_names(index_tables[0].file))
             error = error or ("no_table_row", f"{name} has no row in {index}")
         if name not in on_disk:  # named by a table, absent from the folder
             error = error or ("missing_file", raw_path(spec, path))
@@ -267,7 +314,7 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
         items.append(
             make_item(
                 spec,
-                name if opts.match == "stem" else PurePosixPath(name).stem,
+                _case_id(name, opts.match),
                 [SourceFile("image", raw_path(spec, path))],
                 fields=row,
                 study_id=study or None,
@@ -277,6 +324,15 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
             )
         )
     yield from sorted_items(items)
+
+
+def _case_id(name: str, match: str) -> str:
+    if match == "stem":
+        return name
+    if match == "path":
+        p = PurePosixPath(name)
+        return (p.parent / p.stem).as_posix() if p.parent != PurePosixPath(".") else p.stem
+    return PurePosixPath(name).stem
 
 
 def _names(file: str | list[str]) -> list[str]:
@@ -474,6 +530,62 @@ def _rle_rows(root: Path, table: RleTable, found: _Found, index: bool) -> None:
                 found.add_labels(image, [table.label])
 
 
+def _coco_key(file_name: str, match: str) -> str:
+    p = strip_dot(file_name)
+    return p.stem if match == "stem" else (p.as_posix() if match == "path" else p.name)
+
+
+def _coco_rows(root: Path, table: CocoTable, found: _Found, match: str, index: bool) -> None:
+    """A COCO JSON → per image: its size and annotations ``(category name, bbox, segmentation JSON)``."""
+    name = _pick(root, table.file)
+    try:
+        data = json.loads((root / name).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ReadError("unreadable_table", f"{name}: {type(e).__name__}: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ReadError("unreadable_table", f"{name}: not a COCO file (no 'images' list)")
+    try:
+        categories = {c["id"]: str(c["name"]) for c in data.get("categories") or []}
+        images: dict[object, str] = {}
+        for img in data["images"]:
+            key = _coco_key(str(img["file_name"]), match)
+            images[img["id"]] = key
+            found.named.add(key)
+            if index:
+                found.indexed.add(key)
+            found.split(key, table.split, name)
+            meta = found.meta[key]
+            meta.setdefault("coco", ())
+            if img.get("width") and img.get("height"):
+                meta["coco_size"] = (int(img["height"]), int(img["width"]))
+        for ann in data.get("annotations") or []:
+            key = images.get(ann["image_id"])
+            if key is None:
+                raise ReadError(
+                    "unreadable_table", f"{name}: annotation {ann.get('id')} names image id {ann['image_id']}, "
+                    "which 'images' does not list",
+                )  # fmt: skip
+            label = categories.get(ann.get("category_id"))
+            if label is None:
+                found.error(
+                    key, "bad_row", f"{name}: annotation {ann.get('id')} has category_id "
+                    f"{ann.get('category_id')}, which 'categories' does not list",
+                )  # fmt: skip
+                continue
+            bbox = ann.get("bbox")
+            seg = ann.get("segmentation")
+            entry = (
+                label,
+                tuple(float(v) for v in bbox) if bbox else None,
+                json.dumps(seg, separators=(",", ":")) if seg else None,
+            )
+            found.meta[key]["coco"] = tuple(found.meta[key].get("coco", ())) + (entry,)
+            if table.image_labels:
+                found.add_labels(key, [label])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ReadError("unreadable_table", f"{name}: not a COCO file: {type(e).__name__}: {e}") from None
+
+
 def _split_lists(root: Path, lists: dict[str, str], found: _Found) -> None:
     for split, name in sorted(lists.items()):
         try:
@@ -553,6 +665,8 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
             except ValueError as e:
                 raise ReadError("bad_rle", f"{rel}: run-length row {n + 1}: {e}") from None
         masks.append((resolve_label(spec, meta["rle_label"]).label, mask))
+    if "coco" in meta:
+        _coco_annotations(spec, rel, image.shape[:2], meta, masks, boxes)
     yield Frame(
         item=item,
         image=image,
@@ -563,6 +677,55 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
         image_labels=_image_labels(spec, meta.get("image_labels", ()), meta.get("normal_labels", ())),
         report=meta.get("report"),
     )
+
+
+def _coco_annotations(spec: DatasetSpec, rel: str, shape, meta, masks: list, boxes: list[Box]) -> None:
+    """COCO annotations of one image → masks (packed per label, see ``_shapes``) and boxes."""
+    from pycocotools import mask as mask_utils
+
+    h, w = int(shape[0]), int(shape[1])
+    size = meta.get("coco_size")
+    if size is not None and tuple(size) != (h, w):
+        raise ReadError("shape_mismatch", f"{rel}: image {h}x{w}, the COCO file says {size[0]}x{size[1]}")
+    layers: dict[str, InstanceLayers] = {}
+    for raw, bbox, seg_json in meta["coco"]:
+        label = resolve_label(spec, raw).label
+        if seg_json is None:
+            if bbox is not None:
+                x, y, bw, bh = bbox
+                boxes.append(Box(label, (x, y, x + bw, y + bh)))
+            continue
+        seg = json.loads(seg_json)
+        try:
+            if isinstance(seg, list):
+                parts = [[float(v) for v in part] for part in seg]
+                good = [p for p in parts if len(p) >= 6 and len(p) % 2 == 0]
+                for p in parts:
+                    if p not in good:
+                        boxes.append(rejected_outline(label, *(p[:2] if len(p) >= 2 else [np.nan, np.nan])))
+                if not good:
+                    continue
+                rle = mask_utils.merge(mask_utils.frPyObjects(good, h, w))
+            elif isinstance(seg, dict) and isinstance(seg.get("counts"), str):
+                rle = {"size": [int(v) for v in seg["size"]], "counts": seg["counts"].encode("ascii")}
+            elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+                rh, rw = (int(v) for v in seg["size"])
+                rle = mask_utils.frPyObjects(seg, rh, rw)
+            else:
+                raise ValueError(f"unknown segmentation {seg_json[:40]}")
+            mask = mask_utils.decode(rle).astype(bool)
+        except (TypeError, ValueError, KeyError, UnicodeEncodeError) as e:
+            raise ReadError("bad_rle", f"{rel}: segmentation of a '{raw}': {type(e).__name__}: {e}") from None
+        if mask.shape != (h, w):
+            masks.append((label, mask))  # dropped downstream as mask_shape_mismatch, with the sizes
+            continue
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size == 0:
+            continue
+        sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        layers.setdefault(label, InstanceLayers((h, w))).add(sl, mask[sl])
+    for label, packed in layers.items():
+        masks.extend((label, layer) for layer in packed.layers)
 
 
 def _image_labels(spec: DatasetSpec, tokens, normal_labels) -> list[str]:
