@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from corpus_utils import frames_of, items_of
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -17,31 +18,14 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, 
 
 from medpclip import regions
 from medpclip.frame import Frame, ReadError, SourceItem
-from medpclip.sources import get_reader
 from medpclip.specs import DatasetSpec, parse_spec, resolve_spec, resolve_specs
 
 # --- helpers -------------------------------------------------------------------------------------------------
 
 
-def _items(spec: DatasetSpec, raw: Path) -> dict[str, SourceItem]:
-    items = list(get_reader(spec.format.family).discover(spec, raw / spec.root))
-    assert [i.case_id for i in items] == sorted(i.case_id for i in items)
-    return {i.case_id: i for i in items}
-
-
-def _read(spec: DatasetSpec, raw: Path, item: SourceItem) -> list[Frame]:
-    """Read the item as a Ray worker gets it: meta through JSON."""
-    meta = json.loads(json.dumps(list(item.meta)))
-    item = SourceItem(
-        item.dataset, item.case_id, item.files, item.patient_id, item.study_id, item.official_split,
-        tuple((k, v) for k, v in meta),
-    )  # fmt: skip
-    return list(get_reader(spec.format.family).read(spec, raw, item))
-
-
 def _reason(spec: DatasetSpec, raw: Path, item: SourceItem) -> str:
     with pytest.raises(ReadError) as e:
-        _read(spec, raw, item)
+        frames_of(spec, raw, item)
     return e.value.reason
 
 
@@ -213,12 +197,12 @@ def test_lidc_masks_holes_points_and_slices(tmp_path):
     case = _lidc_case(tmp_path)
     spec = resolve_spec("lidc_idri")
     (tmp_path / "LIDC-IDRI" / "LICENSE.txt").write_text("junk")
-    items = _items(spec, tmp_path)
+    items = items_of(spec, tmp_path)
     assert list(items) == [case["case"]]
     item = items[case["case"]]
     assert item.patient_id == "LIDC-IDRI-0001"
     assert sorted({f.role for f in item.files}) == ["image", "xml"]
-    frames = {f.slice_index: f for f in _read(spec, tmp_path, item)}
+    frames = {f.slice_index: f for f in frames_of(spec, tmp_path, item)}
     assert sorted(frames) == [0, 1, 2, 3]
     k = case["k_of_z"]
     for z, i in zip(LIDC_Z, range(4), strict=True):  # slices by position; display = stored grid (axial LPS)
@@ -250,8 +234,8 @@ def test_lidc_boxes_with_annotators_non_nodules_and_flipped_rows(tmp_path):
     data = resolve_spec("lidc_idri").model_dump(mode="json")
     data["format"]["options"].update(regions="box", non_nodules=True)
     spec = parse_spec(data)
-    (item,) = _items(spec, tmp_path).values()
-    frames = {f.slice_index: f for f in _read(spec, tmp_path, item)}
+    (item,) = items_of(spec, tmp_path).values()
+    frames = {f.slice_index: f for f in frames_of(spec, tmp_path, item)}
     k, w = case["k_of_z"], LIDC_SHAPE[1]
     at = frames[k[-125.0]]
     assert not at.masks
@@ -274,8 +258,8 @@ def test_lidc_repeated_slice_and_bad_inputs(tmp_path):
     dup[0, 0] = 99
     study, series = case["case"].split("/")[1:]
     _dicom_slice(case["folder"] / "1-050.dcm", dup, z=-125.0, series_uid=series, study_uid=study, instance=50)
-    (item,) = _items(spec, tmp_path).values()
-    frames = {f.slice_index: f for f in _read(spec, tmp_path, item)}
+    (item,) = items_of(spec, tmp_path).values()
+    frames = {f.slice_index: f for f in frames_of(spec, tmp_path, item)}
     assert sorted(frames) == [0, 1, 2, 3] and frames[case["k_of_z"][-125.0]].image[0, 0] == 1
     data = spec.model_dump(mode="json")
     data["format"]["options"]["repeated_slices"] = "reject"
@@ -284,12 +268,12 @@ def test_lidc_repeated_slice_and_bad_inputs(tmp_path):
     xml = case["folder"] / "069.xml"
     text = xml.read_text()
     xml.write_text(text[: len(text) // 2])
-    (item,) = _items(spec, tmp_path).values()
+    (item,) = items_of(spec, tmp_path).values()
     assert _reason(spec, tmp_path, item) == "unreadable_annotation"
     xml.write_text(text.replace("-122.500000", "-99.000000"))  # the z-only roi now lies on no slice
     assert _reason(spec, tmp_path, item) == "unmatched_annotation"
     xml.unlink()
-    (item,) = _items(spec, tmp_path).values()
+    (item,) = items_of(spec, tmp_path).values()
     assert _reason(spec, tmp_path, item) == "missing_file"
 
 
@@ -349,12 +333,12 @@ def _monuseg(raw: Path) -> None:
 def test_monuseg_polygons_become_instances(tmp_path):
     _monuseg(tmp_path)
     spec = resolve_spec("monuseg")
-    items = _items(spec, tmp_path)
+    items = items_of(spec, tmp_path)
     assert list(items) == ["TCGA-18-5592-01Z-00-DX1", "TCGA-21-5784-01Z-00-DX1", "TCGA-2Z-A9J9-01A-01-TS1"]
     good = items["TCGA-18-5592-01Z-00-DX1"]
     assert (good.patient_id, good.official_split) == ("TCGA-18-5592", "train")
     assert items["TCGA-2Z-A9J9-01A-01-TS1"].official_split == "test"
-    (frame,) = _read(spec, tmp_path, good)
+    (frame,) = frames_of(spec, tmp_path, good)
     assert frame.image.shape == (40, 50, 3) and frame.intensity == "uint8"
     assert frame.spacing_mm == pytest.approx((0.0002521, 0.0002521))
     assert len(frame.masks) == 2  # A and B overlap: two layers; C shares a layer with A
@@ -431,20 +415,20 @@ def _iu_xray(raw: Path) -> None:
 def test_iu_xray_reports_mesh_labels_and_grouping(tmp_path):
     _iu_xray(tmp_path)
     spec = resolve_spec("iu_xray")
-    items = _items(spec, tmp_path)
+    items = items_of(spec, tmp_path)
     assert list(items) == [
         "CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001", "CXR2_IM-0652-1001", "CXR9_IM-9999-1001", "report/3",
     ]  # fmt: skip
     pa, lateral = items["CXR1_1_IM-0001-3001"], items["CXR1_1_IM-0001-4001"]
     assert (pa.patient_id, pa.study_id) == ("CXR1", "CXR1") and lateral.patient_id == "CXR1"
-    (frame,) = _read(spec, tmp_path, pa)
+    (frame,) = frames_of(spec, tmp_path, pa)
     assert frame.report == (
         "FINDINGS: The heart is enlarged. There is mild left basilar atelectasis. No XXXX effusion.\n"
         "IMPRESSION: Cardiomegaly. Left basilar atelectasis."
     )
     assert frame.image_labels == ["Cardiomegaly", "Pulmonary Atelectasis"]  # Lung/hypoinflation: no label
     assert frame.image.dtype == np.uint8 and frame.image.shape == (24, 20)
-    (normal,) = _read(spec, tmp_path, items["CXR2_IM-0652-1001"])
+    (normal,) = frames_of(spec, tmp_path, items["CXR2_IM-0652-1001"])
     assert normal.report == "IMPRESSION: Normal chest x-XXXX." and normal.image_labels == ["normal"]
     assert _reason(spec, tmp_path, items["CXR9_IM-9999-1001"]) == "no_report"
     assert _reason(spec, tmp_path, items["report/3"]) == "unreadable_annotation"
@@ -505,12 +489,12 @@ def test_mimic_reports_split_and_ids(tmp_path):
     )
     (root / "mimic-cxr-2.0.0-split.csv.gz").write_bytes(gzip.compress(split.encode()))
     spec = resolve_spec("mimic_cxr")
-    items = _items(spec, tmp_path)
+    items = items_of(spec, tmp_path)
     first = items["p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014"]
     second = items["p10000032/s50414267/174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962"]
     assert (first.patient_id, first.study_id, first.official_split) == ("p10000032", "s50414267", "train")
     assert second.official_split == "train"  # not in the table: its subject's split
-    (frame,) = _read(spec, tmp_path, first)
+    (frame,) = frames_of(spec, tmp_path, first)
     assert frame.report == (
         "FINDINGS: There is no focal consolidation, pleural effusion or pneumothorax. The cardiomediastinal "
         "silhouette is normal. Degenerative changes of the thoracic spine are noted.\n"
@@ -518,7 +502,7 @@ def test_mimic_reports_split_and_ids(tmp_path):
     )
     other = items["p10000764/s57375967/096052b7-d256dc40-453a102b-fa7d01c6-1b22c6b4"]
     assert other.official_split == "val"
-    (frame,) = _read(spec, tmp_path, other)
+    (frame,) = frames_of(spec, tmp_path, other)
     assert frame.report == "Interval increase in the right pleural effusion."  # no sections: last paragraph
     missing = items["p11000011/s51029426/8959e402-2175d68d-edba5a6c-520a4ea0-6b5a2b9e"]
     assert missing.official_split == "test" and _reason(spec, tmp_path, missing) == "missing_file"
@@ -574,7 +558,7 @@ def _chaos(raw: Path) -> dict:
 def test_chaos_ct_and_mr_masks_in_reversed_stack_order(tmp_path):
     truth = _chaos(tmp_path)
     spec = resolve_spec("chaos")
-    items = _items(spec, tmp_path)
+    items = items_of(spec, tmp_path)
     assert list(items) == [
         "Train_Sets/CT/2/DICOM_anon",
         "Train_Sets/MR/2/T1DUAL/DICOM_anon/InPhase",
@@ -584,14 +568,14 @@ def test_chaos_ct_and_mr_masks_in_reversed_stack_order(tmp_path):
     assert {i.patient_id for i in items.values()} == {
         "2"
     }  # one group: T1 in/out, T2 and the CT share a split
-    ct = _read(spec, tmp_path, items["Train_Sets/CT/2/DICOM_anon"])
+    ct = frames_of(spec, tmp_path, items["Train_Sets/CT/2/DICOM_anon"])
     assert [f.slice_index for f in ct] == [0, 1, 2]
     for f in ct:  # slice_index 0 is the lowest z = the LAST file and the LAST mask file
         i = 2 - f.slice_index
         assert f.image[0, 0] == i and f.modality == "CT" and f.intensity == "hu"
         assert [lab for lab, _ in f.masks] == ["liver"] and np.array_equal(f.masks[0][1], _square(i))
     for case in ("Train_Sets/MR/2/T2SPIR/DICOM_anon", "Train_Sets/MR/2/T1DUAL/DICOM_anon/InPhase"):
-        frames = _read(spec, tmp_path, items[case])
+        frames = frames_of(spec, tmp_path, items[case])
         assert len(frames) == 3
         for f in frames:
             i = 2 - f.slice_index
@@ -612,7 +596,7 @@ def test_chaos_bad_masks_and_merged_phases(tmp_path):
     g[0, 0] = 30  # a grey level in no range
     _png(ground / "IMG-0002-9.png", g)
     (tmp_path / "chaos" / "Train_Sets" / "CT" / "2" / "Ground" / "liver_GT_002.png").unlink()
-    items = _items(spec, tmp_path)
+    items = items_of(spec, tmp_path)
     assert _reason(spec, tmp_path, items["Train_Sets/MR/2/T2SPIR/DICOM_anon"]) == "bad_label_value"
     assert _reason(spec, tmp_path, items["Train_Sets/CT/2/DICOM_anon"]) == "shape_mismatch"
     # without split_series_by_folder the two echoes are one series with repeated positions
@@ -620,7 +604,7 @@ def test_chaos_bad_masks_and_merged_phases(tmp_path):
     data["format"]["options"]["split_series_by_folder"] = False
     data["patient_id"] = {}  # the merged series is named by its UID, which the folder regex cannot match
     merged = parse_spec(data)
-    t1 = _items(merged, tmp_path)["1.2.3.4"]  # two folders: the series is named by its UID
+    t1 = items_of(merged, tmp_path)["1.2.3.4"]  # two folders: the series is named by its UID
     assert _reason(merged, tmp_path, t1) == "inconsistent_series"
 
 
@@ -696,10 +680,10 @@ def test_coco_polygons_rle_boxes_and_negatives(tmp_path):
     (root / "annotations" / "train.json").write_text(json.dumps(coco))
     _png(root / "imgs" / "pos" / "orphan.png", np.zeros((h, w)))
     spec = _coco_spec()
-    items = _items(spec, tmp_path)
+    items = items_of(spec, tmp_path)
     assert list(items) == ["neg/c", "pos/a", "pos/b", "pos/d", "pos/e", "pos/orphan"]
     assert all(items[c].official_split == "train" for c in ("neg/c", "pos/a", "pos/b"))
-    (a,) = _read(spec, tmp_path, items["pos/a"])
+    (a,) = frames_of(spec, tmp_path, items["pos/a"])
     polygon = np.zeros((h, w), bool)
     polygon[5:11, 10:20] = polygon[5:8, 25:30] = True  # COCO coordinates: pixel i covers [i, i + 1)
     assert _same_sets(_components(a, "nodule"), regions.connected_instances(polygon | compressed))
@@ -711,21 +695,21 @@ def test_coco_polygons_rle_boxes_and_negatives(tmp_path):
         ("nodule", (10, 5, 20, 11)), ("nodule", (25, 5, 30, 8)), ("nodule", (30, 1, 38, 4)),
     ]  # fmt: skip
     assert [(d.label, d.reason) for d in drops] == [("nodule", "invalid_box")]  # the 2-point polygon part
-    (b,) = _read(spec, tmp_path, items["pos/b"])
+    (b,) = frames_of(spec, tmp_path, items["pos/b"])
     assert [(x.label, x.xyxy) for x in b.boxes] == [
         ("effusion", (381.8337097167969 / 20, 12.5, 381.8337097167969 / 20 + 4.25, 15.5)),
         ("nodule", (3.0, 3.0, 3.0, 7.0)),
     ]
     found, drops = _regions(b)
     assert [r.kind for r in found] == ["box"] and [d.reason for d in drops] == ["invalid_box"]
-    (c,) = _read(spec, tmp_path, items["neg/c"])
+    (c,) = frames_of(spec, tmp_path, items["neg/c"])
     assert not c.masks and not c.boxes and c.image_labels == []
     assert _reason(spec, tmp_path, items["pos/d"]) == "bad_row"  # category 3 is not listed
     assert _reason(spec, tmp_path, items["pos/e"]) == "shape_mismatch"
     assert _reason(spec, tmp_path, items["pos/orphan"]) == "no_table_row"
     (root / "annotations" / "train.json").write_text('{"images": [')
     with pytest.raises(ReadError) as e:
-        _items(spec, tmp_path)
+        items_of(spec, tmp_path)
     assert e.value.reason == "unreadable_table"
 
 
@@ -754,13 +738,13 @@ def test_tbx11k_spec_reads_its_published_layout(tmp_path):
         json.dumps({"categories": train["categories"], "images": [], "annotations": []})
     )
     spec = resolve_spec("tbx11k")
-    items = _items(spec, tmp_path)
+    items = items_of(spec, tmp_path)
     assert list(items) == ["health/h0001", "tb/tb0005"]  # test/ is not read
-    (tb,) = _read(spec, tmp_path, items["tb/tb0005"])
+    (tb,) = frames_of(spec, tmp_path, items["tb/tb0005"])
     (box,) = tb.boxes
     assert box.label == "ActiveTuberculosis" and tb.image_labels == ["ActiveTuberculosis"]
     assert box.xyxy == pytest.approx((381.8337, 126.8734, 422.0706, 171.4392), abs=1e-3)
-    (negative,) = _read(spec, tmp_path, items["health/h0001"])
+    (negative,) = frames_of(spec, tmp_path, items["health/h0001"])
     assert not negative.boxes and items["health/h0001"].official_split == "train"
 
 
