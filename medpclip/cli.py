@@ -194,6 +194,135 @@ def validate_corpus(corpus: Annotated[Path, typer.Option("--corpus")]) -> None:
     raise typer.Exit(0 if not report.problems else 1)
 
 
+# --- train, eval ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    corpus: Annotated[Path, typer.Option("--corpus", help="corpus directory (its train split is used)")],
+    out: Annotated[Path, typer.Option("--out", help="training directory: checkpoints, run.json")],
+    model: Annotated[
+        str, typer.Option("--model", help="open_clip model name, or 'tiny' (CPU runs, tests)")
+    ] = "ViT-B-16",
+    steps: Annotated[int, typer.Option("--steps", help="optimizer steps in total")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="images per worker and micro-batch")] = 64,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Ray Train workers (one GPU each with --gpu)")
+    ] = 1,
+    gpu: Annotated[bool, typer.Option("--gpu", help="train on GPUs (NCCL, bf16 autocast)")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue the run in --out from its latest checkpoint")
+    ] = False,
+    pretrained: Annotated[
+        Path | None, typer.Option("--pretrained", help="local open_clip checkpoint file for the backbone")
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="input size (default: the model's)")
+    ] = None,
+    lr: Annotated[float, typer.Option("--lr", help="peak learning rate")] = 5e-4,
+    accum_steps: Annotated[int, typer.Option("--accum-steps", help="micro-batches per optimizer step")] = 1,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", help="steps between checkpoints")
+    ] = 500,
+    loader_workers: Annotated[
+        int, typer.Option("--loader-workers", help="data loader processes per worker")
+    ] = 2,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address", envvar="RAY_ADDRESS", help="existing Ray cluster (default: a local Ray)"
+        ),
+    ] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option("--num-cpus", help="CPUs of the local Ray (default: all)")
+    ] = None,
+) -> None:
+    """Pre-train MedP-CLIP on a corpus with Ray Train (resumable). Exit 0 when the run finished."""
+    from ray.train import TrainingFailedError
+
+    from medpclip.model.medpclip import ModelError
+    from medpclip.train.data import DataError
+    from medpclip.train.loop import TrainConfig, TrainError
+    from medpclip.train.loop import train as run_training
+
+    cfg = TrainConfig(
+        corpus=str(corpus),
+        out=str(out),
+        model=model,
+        pretrained=str(pretrained) if pretrained else None,
+        image_size=image_size,
+        steps=steps,
+        batch_size=batch_size,
+        accum_steps=accum_steps,
+        workers=workers,
+        gpu=gpu,
+        loader_workers=loader_workers,
+        lr=lr,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+    )
+    try:
+        result = run_training(cfg, resume=resume, ray_address=ray_address, num_cpus=num_cpus)
+    except (TrainError, DataError, ModelError) as e:
+        _fail(str(e))
+    except TrainingFailedError as e:
+        _fail(f"training failed: {' '.join(str(e).split())[:400]}", code=1)
+    m = result.metrics
+    console.print(
+        f"run {result.run_id}: step {result.step}, loss {m.get('loss', float('nan')):.3f}, "
+        f"{m.get('samples_per_s', 0):.1f} samples/s, data wait {100 * m.get('data_wait_frac', 0):.1f}% "
+        f"({result.seconds:.0f}s)\ncheckpoint: {result.checkpoint}\n"
+        f"next: medpclip eval --corpus {corpus} --checkpoint {out}",
+        highlight=False,
+    )
+
+
+@app.command("eval")
+def evaluate_checkpoint(
+    corpus: Annotated[Path, typer.Option("--corpus", help="corpus directory; metrics land in DIR/metrics/")],
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="a checkpoint, or a training --out directory (its latest)")
+    ],
+    split: Annotated[
+        str, typer.Option("--split", help="split(s) to evaluate, e.g. test or val,test")
+    ] = "test",
+    datasets: Annotated[
+        str | None, typer.Option("--datasets", help="comma-separated datasets (default: all)")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda (default: cuda if present)")
+    ] = None,
+) -> None:
+    """Zero-shot evaluation: image and region classification, image/region–text retrieval → the metrics view."""
+    from medpclip.evaluate import evaluate
+    from medpclip.model.medpclip import ModelError
+    from medpclip.train.data import DataError
+    from medpclip.train.loop import TrainError
+    from medpclip.warehouse import CorpusError
+
+    if not (corpus / "build.json").is_file():
+        _fail(f"'{corpus}' is not a corpus (no build.json; run `medpclip build` first)")
+    names = [d for d in (datasets or "").split(",") if d] or None
+    try:
+        result = evaluate(corpus, checkpoint, split, datasets=names, batch_size=batch_size, device=device)
+    except (TrainError, DataError, ModelError, CorpusError) as e:
+        _fail(str(e))
+    table = Table(title=f"{result.run_id} step {result.step} on {split}")
+    for col in ("task", "dataset", "metric", "value", "chance", "n"):
+        table.add_column(col, justify="right" if col in ("value", "chance", "n") else "left")
+    for r in result.rows:
+        table.add_row(r.task, r.dataset, r.metric, f"{r.value:.3f}", f"{r.chance:.3f}", str(r.n))
+    console.print(table)
+    problems = {k: v for k, v in result.data_counts.items() if k.startswith(("bad_", "dropped_"))}
+    if problems:
+        err.print(f"data problems (counted, skipped): {problems}", highlight=False)
+    console.print(
+        f"metrics: {result.path}  (view `metrics` of medpclip query --corpus {corpus})", highlight=False
+    )
+
+
 # --- orchestration ----------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,5 @@
+"""Zero-shot evaluation of MedP-CLIP checkpoints: image and region classification, retrieval (application)."""
+
+from medpclip.evaluate.zero_shot import COLUMNS, TASKS, EvalResult, MetricRow, evaluate
+
+__all__ = ["COLUMNS", "TASKS", "EvalResult", "MetricRow", "evaluate"]
