@@ -19,7 +19,15 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE
 
-from medpclip.corpus.build import BuildError, Plan, finish_build, prepare_build, ray_session, run_units
+from medpclip.corpus.build import (
+    BuildError,
+    Plan,
+    finish_build,
+    prepare_build,
+    ray_session,
+    run_units,
+    settle_splits,
+)
 from medpclip.corpus.inspect import check_corpus
 from medpclip.qa.report import write_report
 from medpclip.specs import DatasetSpec, resolve_specs
@@ -73,6 +81,17 @@ def run_dataset(plan: Plan, dataset: str, progress_id: Any, done_before: int) ->
         )
         update_progress_artifact(progress_id, progress=100.0 * (done_before + summary["units"]) / total)
     return summary
+
+
+@task(name="settle-splits", cache_policy=NONE)
+def settle_task(plan: Plan) -> Plan:
+    """Exact duplicates never span two splits: re-run the units whose patients the overrides move."""
+    settled, again = settle_splits(plan)
+    moved = sum(len(p) for p in settled.overrides.values())
+    get_run_logger().info(
+        "split overrides: %d patients moved to an earlier split, %d units re-run", moved, len(again)
+    )
+    return settled
 
 
 @task(name="finish", cache_policy=NONE)
@@ -144,7 +163,8 @@ def build_corpus_flow(
     force: bool = False,
     write_demo_data: bool = False,
 ) -> dict[str, Any]:
-    """Build (or resume) a corpus: validate specs → plan → one Ray run per dataset → finish → warehouse → QA.
+    """Build (or resume) a corpus: validate specs → plan → one Ray run per dataset → settle duplicate splits →
+    finish → warehouse → QA.
 
     ``specs`` is comma-separated names from ``dataset_specs/`` or YAML paths. Relative ``raw_root``/``out`` are
     taken from the working directory of the process that runs the flow (``medpclip serve`` or a worker).
@@ -162,6 +182,7 @@ def build_corpus_flow(
         for spec in spec_list:
             per_dataset[spec.name] = run_dataset(plan, spec.name, progress_id, done)
             done += per_dataset[spec.name]["units"]
+        plan = settle_task(plan)
     build = finish_task(plan)
     counts = warehouse_check(out)
     checked = qa_summary(out, build)

@@ -4,7 +4,7 @@ A spec says where a dataset lives under the raw root, which reader family reads 
 what its label values mean (value → label → display name → category → CUI), how to turn its intensities into
 8 bits, how to slice volumes, how to split by patient, and its licence and citation.
 
-Specs are loaded with ``yaml.safe_load`` only (no Python object tags) and refused with a one-line message that
+Specs are loaded with a safe YAML loader only (no Python object tags, no aliases) and refused with a one-line message that
 names the file, the field and what is wrong.
 """
 
@@ -260,13 +260,26 @@ def parse_spec(data: object, source: str = "<spec>") -> DatasetSpec:
         raise SpecError(_format_validation_error(source, e)) from None
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` semantics (no Python tags) without anchors/aliases: a spec never needs them, and
+    nested aliases ('billion laughs') load as a tiny graph that explodes when anything walks it."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 — PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in specs", mark
+            )
+        return super().compose_node(parent, index)
+
+
 def load_spec_file(path: Path) -> DatasetSpec:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"{path}: cannot read: {e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 — a SafeLoader subclass, see below
     except yaml.YAMLError as e:
         msg = " ".join(str(e).split())
         raise SpecError(

@@ -131,33 +131,44 @@ def test_ray_job_on_a_two_node_cluster(tmp_path, demo_raw):
                 return status.stdout.count("node_") >= 2
 
             wait_until(two_nodes, 120, "second ray node", node)
-            job = subprocess.run(
-                [
-                    str(BIN / "ray"),
-                    "job",
-                    "submit",
-                    "--address",
-                    f"http://127.0.0.1:{dash}",
-                    "--submission-id",
-                    f"medpclip-{tmp_path.name}",
-                    "--",
-                    sys.executable,
-                    "-m",
-                    "medpclip.jobs.build",
-                    "--spec",
-                    ",".join(DEMO_SPECS),
-                    "--raw-root",
-                    str(demo_raw),
-                    "--out",
-                    str(out),
-                    "--max-side",
-                    "256",
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
+            attempts: list[subprocess.CompletedProcess] = []
+
+            def submitted() -> bool:
+                """Submit the build; the head answers 'No available agent … try again later' until its job
+                agent has registered, which is the readiness condition to wait for (each try its own id)."""
+                attempts.append(
+                    subprocess.run(
+                        [
+                            str(BIN / "ray"),
+                            "job",
+                            "submit",
+                            "--address",
+                            f"http://127.0.0.1:{dash}",
+                            "--submission-id",
+                            f"medpclip-{tmp_path.name}-{len(attempts)}",
+                            "--",
+                            sys.executable,
+                            "-m",
+                            "medpclip.jobs.build",
+                            "--spec",
+                            ",".join(DEMO_SPECS),
+                            "--raw-root",
+                            str(demo_raw),
+                            "--out",
+                            str(out),
+                            "--max-side",
+                            "256",
+                        ],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=600,
+                    )  # fmt: skip
+                )
+                return "No available agent" not in attempts[-1].stderr + attempts[-1].stdout
+
+            wait_until(submitted, 180, "ray job agent", head)
+            job = attempts[-1]
             assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
             assert "units built on 2 Ray node(s)" in job.stdout  # both nodes did work
     assert check_corpus(out).problems == []

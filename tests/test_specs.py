@@ -104,3 +104,10 @@ def test_patient_rules():
     assert cxr.patient_of("00000003_001", {"Patient ID": "3"}) == "3"
     with pytest.raises(ValueError, match="no field 'Patient ID'"):
         cxr.patient_of("00000003_001", {})
+
+
+def test_yaml_aliases_are_refused(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b]\n"
+    with pytest.raises(SpecError, match="aliases .* are not allowed") as e:
+        load_spec_file(_write(tmp_path, bomb))
+    assert "\n" not in str(e.value)

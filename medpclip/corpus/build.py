@@ -6,6 +6,9 @@ through its three steps (``prepare_build``, ``run_units``, ``finish_build``) so 
 
 - **plan** (``corpus.plan``, driver, cheap): specs → items → units with fingerprints.
 - **run**: ``ray.data.from_items(units).map(run_unit_row)`` (``corpus.unit``); finished units are kept.
+- **settle** (``settle_splits``): exact duplicates (``pixel_sha256``) found in the samples manifests must not
+  span two splits; the patients to move are written to ``manifests/split_overrides.json``, an input of the
+  fingerprints of their units, and only those units run again (``corpus.split``).
 - **finish**: ``sizes.json``, wids indexes, ``build.json``, all derived from the unit markers on disk.
 """
 
@@ -26,8 +29,23 @@ from typing import Any
 
 from medpclip import __version__
 from medpclip.corpus import schema
-from medpclip.corpus.plan import BuildError, BuildParams, Plan, WorkUnit, code_version, plan_build
+from medpclip.corpus.plan import (
+    BuildError,
+    BuildParams,
+    Plan,
+    WorkUnit,
+    check_spec_size,
+    code_version,
+    plan_build,
+)
 from medpclip.corpus.shards import DEFAULT_SHARD_BYTES, ShardInfo, atomic_write_json, load_json, write_indexes
+from medpclip.corpus.split import (
+    Overrides,
+    derive_overrides,
+    load_overrides,
+    overrides_document,
+    overrides_path,
+)
 from medpclip.corpus.unit import marker_path, remove_stale_units, run_unit_row, write_parquet
 from medpclip.faults import fault_point
 from medpclip.qa.report import write_report
@@ -43,6 +61,7 @@ __all__ = [
     "prepare_build",
     "ray_session",
     "run_units",
+    "settle_splits",
 ]
 
 
@@ -133,12 +152,14 @@ def prepare_build(
         raise BuildError(f"raw root '{raw_root}' is not a directory")
     if max_side < 16:
         raise BuildError(f"--max-side must be at least 16, got {max_side}")
+    for spec in specs:
+        check_spec_size(spec)
     params = BuildParams(
         max_side=max_side,
         id_salt=id_salt or os.environ.get("MEDPCLIP_ID_SALT") or BuildParams.id_salt,
         shard_max_bytes=shard_max_bytes,
     )
-    plan = plan_build(specs, raw_root, out, params)
+    plan = plan_build(specs, raw_root, out, params, load_overrides(out))
     if not plan.units:
         reasons = "; ".join(
             f"{d}: {r['reason']} ({r['detail']})" for d, rows in plan.rejects.items() for r in rows[:1]
@@ -153,9 +174,69 @@ def prepare_build(
     return plan
 
 
+def _duplicate_rows(plan: Plan) -> list[tuple[str, str, str, str]]:
+    """(dataset, patient hash, split_by_rule, pixel_sha256) of the plan's samples whose pixels have a twin
+    that could ever sit in another split (another patient, or another rule split), read with DuckDB."""
+    import duckdb
+
+    files = [
+        p
+        for u in plan.units
+        if (p := plan.out / "manifests" / "samples" / u.dataset / f"{u.unit:05d}.parquet").is_file()
+    ]
+    if not files:
+        return []
+    listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    con = duckdb.connect()
+    try:
+        return con.execute(
+            f"""
+            WITH s AS (SELECT dataset, patient_id, split_by_rule, pixel_sha256 FROM read_parquet([{listing}]))
+            SELECT dataset, patient_id, split_by_rule, pixel_sha256 FROM s
+            WHERE pixel_sha256 IN (
+                SELECT pixel_sha256 FROM s GROUP BY pixel_sha256
+                HAVING count(DISTINCT dataset || '/' || patient_id) > 1 OR count(DISTINCT split_by_rule) > 1)
+            ORDER BY ALL"""
+        ).fetchall()
+    finally:
+        con.close()
+
+
+def settle_splits(
+    plan: Plan, on_unit: Callable[[dict[str, Any]], None] | None = None
+) -> tuple[Plan, list[dict[str, Any]]]:
+    """Derive the duplicate overrides from the plan's samples manifests, write them, and re-run the units
+    whose patients they move (on the Ray this process is connected to; a local one otherwise). Returns the
+    plan with the overrides applied (its fingerprints are those of the markers now on disk) and the stats of
+    the units that ran again. Idempotent: a second call derives the same overrides and runs nothing."""
+    own = {s.name for s in plan.specs}
+    overrides: Overrides = {d: p for d, p in plan.overrides.items() if d not in own}
+    overrides.update(derive_overrides(_duplicate_rows(plan)))
+    settled = dataclasses.replace(plan.with_overrides(overrides), settled=True)
+    path = overrides_path(plan.out)
+    document = overrides_document(overrides)
+    try:
+        current = load_json(path)
+    except (OSError, ValueError):
+        current = None
+    if current != document:  # written before the units re-run: a crash now still re-runs them next time
+        atomic_write_json(path, document)
+    changed = [
+        new for new, old in zip(settled.units, plan.units, strict=True) if new.fingerprint != old.fingerprint
+    ]
+    stats: list[dict[str, Any]] = []
+    if changed:
+        with ray_session():
+            stats = list(run_units(changed, on_unit))
+    return settled, stats
+
+
 def finish_build(plan: Plan) -> dict[str, Any]:
     """Plan rejects, shard indexes and build.json, all derived from what is on disk (so a resumed build
-    gets the same bytes as an uninterrupted one)."""
+    gets the same bytes as an uninterrupted one). Settles the duplicate overrides first if the caller has
+    not (``settle_splits``)."""
+    if not plan.settled:
+        plan, _ = settle_splits(plan)
     out, params = plan.out, plan.params
     remove_stale_units(out, plan)
     for dataset, rows in plan.rejects.items():
@@ -186,6 +267,7 @@ def finish_build(plan: Plan) -> dict[str, Any]:
                 "regions": sum(m["n_regions"] for m in ms),
                 "rejects": sum(m["n_rejects"] for m in ms) + len(plan.rejects.get(spec.name, [])),
                 "samples_by_split": dict(sorted(split_counts.items())),
+                "patients_moved_by_dedup": len(plan.overrides.get(spec.name, {})),
                 "spec_sha256": hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
             }
         )
@@ -216,6 +298,7 @@ class BuildResult:
     units_skipped: int
     nodes: list[str]
     seconds: float
+    units_rerun: int = 0  # units run again with duplicate split overrides (``settle_splits``)
 
 
 def build_corpus(
@@ -261,9 +344,12 @@ def build_corpus(
             if not stats.get("skipped"):
                 nodes.add(stats["node"])
         lap("units")
+        plan, again = settle_splits(plan)  # duplicates across splits: re-run the units they touch
+        nodes.update(s["node"] for s in again if not s.get("skipped"))
+        lap("dedup")
     fault_point("finish")
     build = finish_build(plan)
     lap("finish")
     write_report(plan.out, build, timings)
     lap("report")
-    return BuildResult(plan.out, build, ran, skipped, sorted(nodes), sum(timings.values()))
+    return BuildResult(plan.out, build, ran, skipped, sorted(nodes), sum(timings.values()), len(again))

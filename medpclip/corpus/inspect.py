@@ -9,6 +9,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import jsonschema
 import numpy as np
 from PIL import Image
@@ -103,13 +104,87 @@ def _check_sample(path: str, key: str, members: dict, validator, manifest: dict,
         problems.append(f"{key}: not in the samples manifest under {path}")
     elif manifest[key][1] != len(rec["regions"]):
         problems.append(f"{key}: manifest says {manifest[key][1]} regions, record has {len(rec['regions'])}")
+    elif manifest[key][2] != rec["split"] or f"/{rec['split']}/" not in f"/{path}":
+        problems.append(f"{key}: record split {rec['split']}, manifest {manifest[key][2]}, shard {path}")
     for r in rec["regions"]:
         report.regions += 1
         _check_region(key, rec, r, problems)
 
 
+def _check_files(corpus: Path, shard_rows: list[tuple], problems: list[str]) -> None:
+    """Files the markers do not account for: stray or leftover shards, manifests of units without a marker
+    (an unfinished unit that a consumer would read half of), temporaries of a killed build."""
+    listed = {row[0] for row in shard_rows}
+    for p in sorted((corpus / "shards").rglob("*.tar")):
+        rel = p.relative_to(corpus).as_posix()
+        if rel not in listed:
+            problems.append(f"{rel}: stray shard, in no unit marker (left by another build, or copied in)")
+    markers = {p.relative_to(corpus / "manifests" / "units").with_suffix("").as_posix()
+               for p in (corpus / "manifests" / "units").glob("*/*.json")}  # fmt: skip
+    for kind in ("samples", "regions", "sources", "rejects"):
+        for p in sorted((corpus / "manifests" / kind).glob("*/[0-9]*.parquet")):
+            unit = p.relative_to(corpus / "manifests" / kind).with_suffix("").as_posix()
+            if unit not in markers:
+                problems.append(f"manifests/{kind}/{unit}.parquet: unit {unit} has no marker (unfinished)")
+    for p in sorted(corpus.rglob(".*.tmp-*")):
+        problems.append(f"{p.relative_to(corpus).as_posix()}: temporary file of an interrupted build")
+
+
+def _check_indexes(corpus: Path, counts: dict[str, int], problems: list[str]) -> None:
+    """sizes.json (root and per folder) and the wids indexes against the samples counted in the shards."""
+    try:
+        sizes = load_json(corpus / "sizes.json")
+    except (OSError, ValueError) as e:
+        problems.append(f"sizes.json: unreadable: {type(e).__name__}: {e}")
+        sizes = {}
+    expected = {path.removeprefix("shards/"): n for path, n in counts.items()}
+    if sizes != expected:
+        wrong = sorted(k for k in set(sizes) | set(expected) if sizes.get(k) != expected.get(k))
+        problems.append(
+            f"sizes.json: {len(wrong)} entries differ from the shards, e.g. {wrong[0]}: "
+            f"{sizes.get(wrong[0])} listed, {expected.get(wrong[0])} in the shard"
+        )
+    by_dir: dict[str, dict[str, int]] = {}
+    for path, n in counts.items():
+        d, _, name = path.rpartition("/")
+        by_dir.setdefault(d, {})[name] = n
+    for d, want in sorted(by_dir.items()):
+        try:
+            got = load_json(corpus / d / "sizes.json")
+        except (OSError, ValueError):
+            got = None
+        if got != want:
+            problems.append(f"{d}/sizes.json: does not list the folder's shards and their sample counts")
+    for index in sorted(corpus.glob("wids-*.json")):
+        try:
+            listed = {e["url"]: e["nsamples"] for e in load_json(index)["shardlist"]}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problems.append(f"{index.name}: unreadable: {type(e).__name__}: {e}")
+            continue
+        split = index.stem.removeprefix("wids-")
+        want = {p: n for p, n in counts.items() if p.split("/")[2:3] == [split]}
+        if listed != want:
+            problems.append(f"{index.name}: its shard list or counts differ from the shards")
+
+
+def _check_leakage(con: duckdb.DuckDBPyConnection, problems: list[str]) -> None:
+    """No exact duplicate image on two sides of a split (the build moves such patients, ``corpus.split``)."""
+    rows = con.execute(
+        "SELECT pixel_sha256, list(DISTINCT split ORDER BY split), min(key) FROM samples "
+        "GROUP BY pixel_sha256 HAVING count(DISTINCT split) > 1 ORDER BY 3"
+    ).fetchall()
+    if rows:
+        _, splits, key = rows[0]
+        problems.append(
+            f"{len(rows)} exact duplicate image(s) span two splits, e.g. {key} ({', '.join(splits)})"
+        )
+
+
 def check_corpus(corpus: Path) -> CheckReport:
-    """Everything a consumer relies on, re-derived from the bytes on disk."""
+    """Everything a consumer relies on, re-derived from the bytes on disk: shards against their markers'
+    size and sha256, every record against the JSON schema, the samples manifest and the region invariants
+    of DESIGN §4, the indexes (sizes.json, wids) against the shards, files no marker accounts for, and
+    duplicates across splits."""
     corpus = Path(corpus)
     if not (corpus / "build.json").is_file():
         raise CorpusError(f"'{corpus}' is not a corpus (no build.json)")
@@ -119,12 +194,19 @@ def check_corpus(corpus: Path) -> CheckReport:
     con = connect(corpus)
     try:
         manifest = {
-            k: (s, n) for k, s, n in con.execute("SELECT key, shard, n_regions FROM samples").fetchall()
+            k: (s, n, sp)
+            for k, s, n, sp in con.execute("SELECT key, shard, n_regions, split FROM samples").fetchall()
         }
         n_region_rows = con.execute("SELECT count(*) FROM regions").fetchone()[0]
         shard_rows = con.execute("SELECT path, n_samples, bytes, sha256 FROM shards ORDER BY path").fetchall()
+        _check_leakage(con, problems)
+    except duckdb.Error as e:  # a damaged manifest or marker: nothing else can be checked against them
+        problems.append(f"manifests or unit markers unreadable: {' '.join(str(e).split())[:300]}")
+        return report
     finally:
         con.close()
+    _check_files(corpus, shard_rows, problems)
+    counts: dict[str, int] = {}
     seen: set[str] = set()
     for path, n_samples, size, sha in shard_rows:
         report.shards += 1
@@ -151,6 +233,7 @@ def check_corpus(corpus: Path) -> CheckReport:
                     problems.append(f"{key}: unreadable member: {type(e).__name__}: {e}")
         except (tarfile.TarError, OSError) as e:
             problems.append(f"{path}: unreadable tar: {e}")
+        counts[path] = count
         if count != n_samples:
             problems.append(f"{path}: {count} samples, marker says {n_samples}")
     missing = set(manifest) - seen
@@ -158,9 +241,7 @@ def check_corpus(corpus: Path) -> CheckReport:
         problems.append(f"{len(missing)} manifest samples are in no shard, e.g. {sorted(missing)[0]}")
     if n_region_rows != report.regions:
         problems.append(f"regions manifest has {n_region_rows} rows, shards hold {report.regions} regions")
-    sizes = load_json(corpus / "sizes.json")
-    if sum(sizes.values()) != report.samples:
-        problems.append(f"sizes.json counts {sum(sizes.values())} samples, shards hold {report.samples}")
+    _check_indexes(corpus, counts, problems)
     build = load_json(corpus / "build.json")
     if build["totals"]["samples"] != report.samples or build["totals"]["regions"] != report.regions:
         problems.append(

@@ -19,8 +19,10 @@ from medpclip.corpus import schema
 from medpclip.corpus.sample import SampleParams
 from medpclip.corpus.schema import reject_row
 from medpclip.corpus.shards import DEFAULT_SHARD_BYTES
+from medpclip.corpus.split import Overrides
 from medpclip.frame import ReadError, SourceItem
 from medpclip.sources import get_reader
+from medpclip.sources._common import symlink_problems
 from medpclip.specs import DatasetSpec
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -57,6 +59,9 @@ class WorkUnit:
     out: str
     params: BuildParams
     fingerprint: str
+    # Duplicate overrides for patients of this unit (hashed patient id, forced split), part of the fingerprint.
+    forced_splits: tuple[tuple[str, str], ...] = ()
+    base_fingerprint: str = ""  # the fingerprint before the overrides
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -74,7 +79,21 @@ class WorkUnit:
             out=d["out"],
             params=BuildParams(**d["params"]),
             fingerprint=d["fingerprint"],
+            forced_splits=tuple((p, s) for p, s in d["forced_splits"]),
+            base_fingerprint=d["base_fingerprint"],
         )
+
+    def patient_hashes(self) -> set[str]:
+        return {schema.hash_id(self.params.id_salt, self.dataset, i.patient_id) for i in self.items}
+
+    def with_overrides(self, overrides: Overrides) -> WorkUnit:
+        """This unit with the overrides of its patients; its fingerprint changes only when they do."""
+        mine = overrides.get(self.dataset, {})
+        forced = tuple(sorted((p, mine[p]) for p in self.patient_hashes() if p in mine))
+        fp = self.base_fingerprint
+        if forced:
+            fp = hashlib.sha256(json.dumps([fp, forced]).encode()).hexdigest()
+        return dataclasses.replace(self, forced_splits=forced, fingerprint=fp)
 
 
 @dataclass
@@ -84,9 +103,39 @@ class Plan:
     units: list[WorkUnit]
     rejects: dict[str, list[dict[str, Any]]]  # dataset → plan-stage reject rows
     specs: list[DatasetSpec]
+    overrides: Overrides = dataclasses.field(default_factory=dict)  # as in manifests/split_overrides.json
+    settled: bool = False  # duplicate overrides derived from this plan's manifests and applied
+
+    def with_overrides(self, overrides: Overrides) -> Plan:
+        units = [u.with_overrides(overrides) for u in self.units]
+        return dataclasses.replace(self, units=units, overrides=overrides)
 
 
 # --- plan ------------------------------------------------------------------------------------------------
+
+MAX_OPTION_VALUES = 100_000  # far above any real spec (the largest shipped one has a few hundred)
+
+
+def check_spec_size(spec: DatasetSpec) -> None:
+    """Refuse a spec whose free-form ``format.options`` expand to an absurd size: ``yaml.safe_load`` builds
+    no objects from tags, but a 'billion laughs' document of nested aliases loads as a small shared graph
+    that explodes when anything walks it (hashing the spec into a fingerprint, writing build.json). The walk
+    here stops at ``MAX_OPTION_VALUES``."""
+    budget = MAX_OPTION_VALUES
+    stack: list[object] = [spec.format.options]
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise BuildError(
+                f"spec '{spec.name}': format.options expand to more than {MAX_OPTION_VALUES:,} values "
+                "(nested YAML aliases?); refused before any work"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
 
 
 def code_version() -> str:
@@ -114,7 +163,13 @@ def _item_fingerprint(item: SourceItem, raw_root: Path) -> list[Any]:
     return [item.case_id, sizes, list(item.meta), item.patient_id, item.official_split]
 
 
-def plan_build(specs: list[DatasetSpec], raw_root: Path, out: Path, params: BuildParams) -> Plan:
+def plan_build(
+    specs: list[DatasetSpec],
+    raw_root: Path,
+    out: Path,
+    params: BuildParams,
+    overrides: Overrides | None = None,
+) -> Plan:
     code = code_version()
     units: list[WorkUnit] = []
     rejects: dict[str, list[dict[str, Any]]] = {}
@@ -133,6 +188,9 @@ def plan_build(specs: list[DatasetSpec], raw_root: Path, out: Path, params: Buil
                 )
             )
             continue
+        # Symlinks discovery will not follow (loops, targets outside the dataset folder): said, not silent.
+        for reason, rel, detail in symlink_problems(root, spec.root):
+            rows.append(reject_row(spec.name, -1, "plan", reason, detail, rel))
         reader = get_reader(spec.format.family)
         try:
             items = list(reader.discover(spec, root))
@@ -175,5 +233,9 @@ def plan_build(specs: list[DatasetSpec], raw_root: Path, out: Path, params: Buil
                     default=str,
                 ).encode()
             ).hexdigest()
-            units.append(WorkUnit(spec.name, n, spec_json, chunk, str(raw_root), str(out), params, fp))
-    return Plan(out=out, params=params, units=units, rejects=rejects, specs=specs)
+            unit = WorkUnit(
+                spec.name, n, spec_json, chunk, str(raw_root), str(out), params, fp, base_fingerprint=fp
+            )
+            units.append(unit)
+    plan = Plan(out=out, params=params, units=units, rejects=rejects, specs=specs)
+    return plan.with_overrides(overrides or {})

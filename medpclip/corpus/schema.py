@@ -17,6 +17,10 @@ import pyarrow as pa
 
 KEY_RE = re.compile(r"^[a-z0-9_-]+$")
 MAX_SLUG = 40
+# A DICOM UID (PS3.5 §9): digit components joined by dots. Five or more components, so that versions,
+# IP addresses and dates are never taken for one. UIDs are in the PS3.15 Annex E basic profile (action U):
+# they never reach an output as they are, only as a pseudonym token (see ``scrub_uids``).
+UID_RE = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+){4,}(?![0-9]|\.[0-9])")
 SCHEMA_VERSION = 1
 SAMPLE_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "sample.schema.json"
 
@@ -24,18 +28,31 @@ SAMPLE_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "sampl
 # --- keys ------------------------------------------------------------------------------------------------
 
 
+def uid_token(uid: str) -> str:
+    """The pseudonym of a DICOM UID in outputs: stable (keys do not depend on the id salt), one-way."""
+    return "uid-" + hashlib.sha256(f"medpclip-uid\x00{uid}".encode()).hexdigest()[:16]
+
+
+def scrub_uids(text: str) -> str:
+    """``text`` with every DICOM UID replaced by its :func:`uid_token`: for case ids, paths and reject details
+    (a DICOM file or folder named by its SOP/Series/Study Instance UID is common: SIIM, Orthanc exports)."""
+    return UID_RE.sub(lambda m: uid_token(m.group(0)), text) if "." in text else text
+
+
 def case_slug(case_id: str) -> str:
     """A readable, key-safe form of a dataset's case id.
 
     Lower-case letters, digits, ``_`` and ``-`` only. When anything had to change (case, other characters,
     length) a short hash of the original id is appended, so two ids that slug alike never collide:
-    ``benign (1)`` → ``benign-1-3f2a9c1e``, ``00000001_000`` → ``00000001_000``.
+    ``benign (1)`` → ``benign-1-3f2a9c1e``, ``00000001_000`` → ``00000001_000``. DICOM UIDs in the id are
+    replaced by their pseudonym first (:func:`scrub_uids`): a key never carries a raw UID.
     """
-    slug = re.sub(r"[^a-z0-9_-]+", "-", case_id.lower())
+    public = scrub_uids(case_id)
+    slug = re.sub(r"[^a-z0-9_-]+", "-", public.lower())
     slug = re.sub(r"-{2,}", "-", slug).strip("-_")
     if slug == case_id and 0 < len(slug) <= MAX_SLUG:
         return slug
-    digest = hashlib.sha1(case_id.encode("utf-8")).hexdigest()[:8]
+    digest = hashlib.sha1(public.encode("utf-8")).hexdigest()[:8]
     slug = slug[:MAX_SLUG].rstrip("-_")
     return f"{slug}-{digest}" if slug else digest
 
@@ -92,6 +109,7 @@ SAMPLES = pa.schema(
         ("n_regions", pa.int32()),
         ("pixel_sha256", pa.string()),
         ("phash", pa.int64()),
+        ("split_by_rule", pa.string()),  # the spec's split rule's choice; ``split`` differs after dedup
         ("png_bytes", pa.int64()),
         ("shard", pa.string()),
         ("unit", pa.int32()),
@@ -173,14 +191,15 @@ def reject_row(
     key: str | None = None,
     label: str | None = None,
 ) -> dict[str, Any]:
-    """One row of the rejects manifest: what was refused, at which stage, why."""
+    """One row of the rejects manifest: what was refused, at which stage, why. DICOM UIDs in the path and
+    the detail are pseudonymised (:func:`scrub_uids`)."""
     return {
         "dataset": dataset,
         "unit": unit,
         "stage": stage,
         "reason": reason,
-        "detail": detail,
-        "path": path,
+        "detail": scrub_uids(detail),
+        "path": scrub_uids(path) if path is not None else None,
         "key": key,
         "label": label,
     }

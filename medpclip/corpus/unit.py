@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from medpclip.corpus import schema
@@ -25,10 +26,11 @@ from medpclip.corpus.plan import Plan, WorkUnit
 from medpclip.corpus.sample import make_sample
 from medpclip.corpus.schema import reject_row
 from medpclip.corpus.shards import ShardInfo, ShardWriter, atomic_write_json, load_json
-from medpclip.corpus.split import assign_split
+from medpclip.corpus.split import assign_split, split_by_rule
 from medpclip.faults import fault_point
-from medpclip.frame import ReadError
+from medpclip.frame import Frame, ReadError
 from medpclip.sources import get_reader
+from medpclip.sources._common import inside_dataset
 from medpclip.specs import DatasetSpec
 
 log = logging.getLogger("medpclip.build")
@@ -47,8 +49,17 @@ def _unit_outputs(out: Path, dataset: str, unit: str) -> Iterator[Path]:
         yield from (out / "manifests" / kind / dataset).glob(f"{unit}.parquet")
 
 
+def _unit_temporaries(out: Path, dataset: str, unit: str) -> Iterator[Path]:
+    """Temporary files an interrupted run of the unit left (a worker killed mid-write, retried by Ray in
+    another process: its temporaries carry the dead process's pid)."""
+    yield from (out / "manifests" / "units" / dataset).glob(f".{unit}.json.tmp-*")
+    yield from (out / "shards" / dataset).glob(f"*/.*-{unit}-[0-9][0-9].tar.tmp-*")
+    for kind in schema.MANIFESTS:
+        yield from (out / "manifests" / kind / dataset).glob(f".{unit}.parquet.tmp-*")
+
+
 def remove_unit_outputs(out: Path, dataset: str, unit: int) -> None:
-    for p in list(_unit_outputs(out, dataset, f"{unit:05d}")):
+    for p in [*_unit_outputs(out, dataset, f"{unit:05d}"), *_unit_temporaries(out, dataset, f"{unit:05d}")]:
         p.unlink(missing_ok=True)
 
 
@@ -108,34 +119,38 @@ def run_unit(unit: WorkUnit) -> dict[str, Any]:
     reject_rows: list[dict[str, Any]] = []
     drop_counts: Counter[str] = Counter()
     n_empty = n_rejected_items = 0
+    forced = dict(unit.forced_splits)  # duplicate overrides of this unit's patients (corpus.split)
 
     for item in unit.items:
         case_hash = schema.hash_id(unit.params.id_salt, spec.name, item.case_id)
         files = []
         try:
             for f in item.files:
-                p = raw_root / f.path
-                files.append(
-                    {"role": f.role, "path": f.path, "sha256": _sha256_file(p), "bytes": p.stat().st_size}
-                )
-        except OSError as e:
-            reject_rows.append(
-                reject_row(
-                    spec.name,
-                    unit.unit,
-                    "read",
-                    "missing_file",
-                    f"{type(e).__name__}: {e.strerror or e}",
-                    f.path,
-                )
+                p = inside_dataset(raw_root, f.path)  # outside_root: a '..' or a symlink out of the folder
+                size = p.stat().st_size
+                if size == 0 and p.is_file():
+                    raise ReadError("empty_file", f"{f.path}: the file is empty (0 bytes)")
+                files.append({"role": f.role, "path": f.path, "sha256": _sha256_file(p), "bytes": size})
+        except (OSError, ReadError) as e:
+            reason, detail = (
+                (e.reason, e.detail)
+                if isinstance(e, ReadError)
+                else ("missing_file", f"{f.path}: {e.strerror or type(e).__name__}")
             )
+            reject_rows.append(reject_row(spec.name, unit.unit, "read", reason, detail, f.path))
             n_rejected_items += 1
             source_rows.extend(_source_rows(spec.name, unit.unit, case_hash, item, files, "rejected", 0))
             continue
-        record_files = [{"role": f["role"], "path": f["path"], "sha256": f["sha256"]} for f in files]
+        record_files = [
+            {"role": f["role"], "path": schema.scrub_uids(f["path"]), "sha256": f["sha256"]} for f in files
+        ]
         try:
-            split = assign_split(spec.split, spec.name, item.patient_id, item.official_split)
-            case_samples, case_regions, case_drops, empty = _harmonise_case(
+            rule_split = split_by_rule(spec.split, spec.name, item.patient_id, item.official_split)
+            patient_hash = schema.hash_id(unit.params.id_salt, spec.name, item.patient_id)
+            split = assign_split(
+                spec.split, spec.name, item.patient_id, item.official_split, forced.get(patient_hash)
+            )
+            case_samples, case_regions, case_drops, empty, n_frames = _harmonise_case(
                 reader, spec, raw_root, item, split, record_files, sample_params, unit.unit
             )
         except ReadError as e:
@@ -146,7 +161,7 @@ def run_unit(unit: WorkUnit) -> dict[str, Any]:
             source_rows.extend(_source_rows(spec.name, unit.unit, case_hash, item, files, "rejected", 0))
             continue
         except Exception as e:  # noqa: BLE001 — a bug or a format we do not know must not stop the build
-            log.exception("unexpected error on %s", item.files[0].path)
+            log.exception("unexpected error on %s", schema.scrub_uids(item.files[0].path))
             reject_rows.append(
                 reject_row(
                     spec.name,
@@ -162,8 +177,15 @@ def run_unit(unit: WorkUnit) -> dict[str, Any]:
             continue
         n_empty += empty
         for drop_row in case_drops:
-            drop_counts[drop_row["reason"]] += 1
+            if drop_row["stage"] == "region":
+                drop_counts[drop_row["reason"]] += 1
         reject_rows.extend(case_drops)
+        if not case_samples:  # read fine, yet nothing to publish: said, never silently absent
+            reason, detail = _nothing_kept(item, n_frames, case_drops)
+            reject_rows.append(reject_row(spec.name, unit.unit, "read", reason, detail, item.files[0].path))
+            n_rejected_items += 1
+            source_rows.extend(_source_rows(spec.name, unit.unit, case_hash, item, files, "rejected", 0))
+            continue
         # Only now, with the whole case harmonised, do its samples reach the shards: a case is all or nothing.
         for s in case_samples:
             split_writer = writers.get(s.record["split"])
@@ -176,12 +198,16 @@ def run_unit(unit: WorkUnit) -> dict[str, Any]:
                     unit.params.shard_max_bytes,
                 )
             shard = split_writer.write(s.key, s.members())
-            samples.append(_sample_row(s, shard, unit.unit, case_hash))
+            samples.append(_sample_row(s, shard, unit.unit, case_hash, rule_split))
         region_rows.extend(case_regions)
         source_rows.extend(
             _source_rows(spec.name, unit.unit, case_hash, item, files, "ok", len(case_samples))
         )
 
+    # Library messages (nibabel, Pillow) name files by absolute path: the corpus must not depend on where the
+    # raw root is mounted (a copied raw root gives identical bytes), nor show it.
+    for row in reject_rows:
+        row["detail"] = row["detail"].replace(f"{raw_root}/", "").replace(str(raw_root), "<raw root>")
     shards: list[ShardInfo] = []
     for split_name in sorted(writers):
         shards.extend(writers[split_name].close())
@@ -221,12 +247,50 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
+def _nothing_kept(item, n_frames: int, drops: list[dict[str, Any]]) -> tuple[str, str]:
+    """Why a case that was read without error gave no sample (``no_frames`` or ``no_regions``)."""
+    if n_frames == 0:
+        return "no_frames", f"case '{item.case_id}': the reader found no image in it"
+    dropped = Counter(d["reason"] for d in drops if d["stage"] == "region")
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))
+    return "no_regions", (
+        f"case '{item.case_id}': {n_frames} frames, none with a region"
+        + (f" (regions dropped: {why})" if why else "")
+        + " and slicing.keep_empty is off"
+    )
+
+
+def _non_finite(frame: Frame) -> str | None:
+    """Why a frame's pixels cannot make a truthful image: non-finite values, which 8 bits would show as some
+    arbitrary grey (NaN has no display value; inf would stretch the percentile scale)."""
+    img = frame.image
+    if img.dtype.kind in "fc":
+        finite = np.isfinite(img)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            return f"{bad:,} of {img.size:,} pixels are NaN or infinite"
+    return None
+
+
 def _harmonise_case(reader, spec, raw_root, item, split, record_files, sample_params, unit_no):
-    """All frames of one case → samples sorted by key, their region rows and drop rows."""
+    """All frames of one case → samples sorted by key, their region rows and drop rows, the number of frames
+    skipped as empty and the number read. A case is all or nothing: a frame with non-finite pixels rejects
+    it, and so does pixel data that holds one value everywhere (``constant_image``: a blank export, no
+    image; regions drawn on it would be wrong). A single constant slice inside a volume (padding) is kept."""
     built = []
     drops: list[dict[str, Any]] = []
-    empty = 0
+    empty = n_frames = 0
+    values: set[float] = set()  # the value of each constant frame
+    n_constant = 0
     for frame in reader.read(spec, raw_root, item):
+        n_frames += 1
+        problem = _non_finite(frame)
+        if problem is not None:
+            where = f"{frame.plane}{frame.slice_index:04d}"
+            raise ReadError("non_finite_voxels", f"{item.files[0].path} frame {where}: {problem}")
+        if frame.image.size and frame.image.min() == frame.image.max():
+            n_constant += 1
+            values.add(frame.image.flat[0].item())
         key = schema.sample_key(spec.name, item.case_id, frame.plane, frame.slice_index)
         sample, frame_drops = make_sample(
             frame, spec, sample_params, key=key, split=split, source_files=record_files
@@ -239,15 +303,20 @@ def _harmonise_case(reader, spec, raw_root, item, split, record_files, sample_pa
             empty += 1
             continue
         built.append(sample)
+    if n_frames and n_constant == n_frames and len(values) == 1:
+        raise ReadError(
+            "constant_image",
+            f"{item.files[0].path}: every pixel of all {n_frames} frame(s) is {values.pop()!r}: no image",
+        )
     built.sort(key=lambda s: s.key)
     for a, b in zip(built, built[1:], strict=False):
         if a.key == b.key:
             raise ReadError("duplicate_key", f"two frames of case '{item.case_id}' map to key {a.key}")
     region_rows = [_region_row(s.record, r) for s in built for r in s.record["regions"]]
-    return built, region_rows, drops, empty
+    return built, region_rows, drops, empty, n_frames
 
 
-def _sample_row(s, shard: str, unit_no: int, case_hash: str) -> dict[str, Any]:
+def _sample_row(s, shard: str, unit_no: int, case_hash: str, rule_split: str) -> dict[str, Any]:
     r = s.record
     spacing = r["spacing_mm"] or [None, None]
     first = r["source"]["files"][0]
@@ -276,6 +345,7 @@ def _sample_row(s, shard: str, unit_no: int, case_hash: str) -> dict[str, Any]:
         "n_regions": len(r["regions"]),
         "pixel_sha256": s.pixel_sha256,
         "phash": s.phash,
+        "split_by_rule": rule_split,
         "png_bytes": len(s.png),
         "shard": shard,
         "unit": unit_no,
@@ -321,7 +391,7 @@ def _source_rows(dataset, unit_no, case_hash, item, files, status, n_samples) ->
             "unit": unit_no,
             "case_id_hash": case_hash,
             "role": f.role,
-            "path": f.path,
+            "path": schema.scrub_uids(f.path),
             "bytes": known.get(f.path, {}).get("bytes"),
             "sha256": known.get(f.path, {}).get("sha256"),
             "status": status,

@@ -4,13 +4,14 @@ carried from discovery to read, and 2D image decoding with Pillow."""
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medpclip.frame import Intensity, ReadError, SourceFile, SourceItem
 from medpclip.specs import DatasetSpec, LabelEntry
@@ -24,6 +25,18 @@ class Options(BaseModel):
     """Base of each family's options: unknown keys are refused, so a typo in a spec fails loudly."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Pixels (voxels) one image or volume may have, checked against the HEADER before anything is allocated:
+# 2^30 is a 1024 × 1024 × 1024 volume (2 GiB as int16), above the largest public CT (512 × 512 × ~1500).
+DEFAULT_MAX_PIXELS = 1 << 30
+
+
+class ReaderOptions(Options):
+    """Options every family takes. ``max_pixels``: an image or volume whose header claims more pixels (voxels,
+    × frames × samples per pixel) is refused as ``too_large`` before its data is read."""
+
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
 
 
 OptionsT = TypeVar("OptionsT", bound=Options)
@@ -44,11 +57,79 @@ def is_junk(path: PurePosixPath | Path) -> bool:
 
 
 def glob_files(root: Path, patterns: str | Iterable[str]) -> list[Path]:
-    """Files under ``root`` matching any pattern (``**`` allowed), junk removed, sorted, no duplicates."""
+    """Files under ``root`` matching any pattern (``**`` allowed), junk removed, sorted, no duplicates.
+
+    Symlinked FOLDERS inside ``root`` are never entered (``**`` does not follow them; a ``*/`` pattern would):
+    a link loop cannot make discovery run forever, and a link out of the dataset folder cannot pull other
+    files in. Symlinked files are listed; the build refuses those whose target lies outside the dataset folder
+    (``outside_root``, see :func:`inside_dataset`)."""
     if isinstance(patterns, str):
         patterns = [patterns]
     found = {p for pattern in patterns for p in root.glob(pattern) if p.is_file()}
-    return sorted(p for p in found if not is_junk(p.relative_to(root)))
+    linked: dict[Path, bool] = {}
+
+    def through_link(p: Path) -> bool:
+        for parent in p.relative_to(root).parents:
+            if parent == Path("."):
+                break
+            d = root / parent
+            if d not in linked:
+                linked[d] = d.is_symlink()
+            if linked[d]:
+                return True
+        return False
+
+    return sorted(p for p in found if not is_junk(p.relative_to(root)) and not through_link(p))
+
+
+def symlink_problems(root: Path, root_rel: str) -> list[tuple[str, str, str]]:
+    """``(reason, path relative to the raw root, detail)`` for each symlink under the dataset folder ``root``
+    that discovery will not follow: loops (``symlink_loop``, also a folder link to one of its own ancestors)
+    and folder links whose target lies outside the dataset folder (``outside_root``; a FILE link out of the
+    folder is refused by the build when its case is read). Walks without following links, so it ends on any
+    tree."""
+    base = root.resolve()
+    out: list[tuple[str, str, str]] = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in sorted([*dirs, *files]):
+            p = Path(folder) / name
+            if not p.is_symlink():
+                continue
+            rel = (PurePosixPath(root_rel) / p.relative_to(root).as_posix()).as_posix()
+            if is_junk(PurePosixPath(rel)):
+                continue
+            try:
+                target = Path(os.path.realpath(p, strict=True))
+            except FileNotFoundError:
+                continue  # dangling: a file named by an index is rejected as missing_file when read
+            except (OSError, RuntimeError):
+                out.append(("symlink_loop", rel, f"{rel}: symbolic link loop; not followed"))
+                continue
+            if not target.is_relative_to(base):
+                if target.is_dir():  # a file link is refused where it is read (its case's reject row)
+                    out.append(("outside_root", rel, f"{rel}: folder link out of '{root_rel}'; not followed"))
+            elif target.is_dir() and p.parent.resolve().is_relative_to(target):
+                out.append(("symlink_loop", rel, f"{rel}: links to its own ancestor folder; not followed"))
+    return out
+
+
+def inside_dataset(raw_root: Path, rel: str) -> Path:
+    """The file ``rel`` (``<dataset folder>/…``, relative to the raw root) as a path, refused with
+    ``outside_root`` when it resolves outside its dataset folder: a ``..`` in an index file, a table or a COCO
+    ``file_name``, or a symlink out of the folder. The dataset folder itself may be a symlink."""
+    parts = PurePosixPath(rel).parts
+    if not parts or PurePosixPath(rel).is_absolute() or parts[0] == "..":
+        raise ReadError("outside_root", f"{rel}: not a path inside a dataset folder")
+    path = raw_root / rel
+    try:
+        target = path.resolve()
+        base = (raw_root / parts[0]).resolve()
+    except (OSError, RuntimeError):
+        raise ReadError("symlink_loop", f"{rel}: symbolic link loop") from None
+    if not target.is_relative_to(base):
+        raise ReadError("outside_root", f"{rel}: resolves outside the dataset folder '{parts[0]}'")
+    return path
 
 
 def literal_dir(pattern: str) -> PurePosixPath:
@@ -128,7 +209,7 @@ def files_of(item: SourceItem, role: str) -> list[str]:
 
 
 def existing(raw_root: Path, rel: str) -> Path:
-    path = raw_root / rel
+    path = inside_dataset(raw_root, rel)
     if not path.is_file():
         raise ReadError("missing_file", rel)
     return path
@@ -151,19 +232,37 @@ def resolve_label(spec: DatasetSpec, raw: str) -> LabelEntry:
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits: scanner values
 
 
-def _open(path: Path, rel: str) -> Image.Image:
+def check_pixels(shape: Iterable[int], rel: str, max_pixels: int, what: str = "image") -> None:
+    """Refuse a header's claimed size before anything of that size is allocated: ``bad_dimensions`` for a
+    dimension below 1, ``too_large`` above ``max_pixels`` (format option, default 2^30)."""
+    dims = [int(d) for d in shape]
+    if any(d < 1 for d in dims):
+        raise ReadError("bad_dimensions", f"{rel}: {what} shape {tuple(dims)} has a dimension below 1")
+    n = int(np.prod(dims, dtype=object))
+    if n > max_pixels:
+        raise ReadError(
+            "too_large",
+            f"{rel}: the header claims a {' x '.join(map(str, dims))} {what} ({n:,} pixels), over the limit "
+            f"of {max_pixels:,} (format.options.max_pixels); not read",
+        )
+
+
+def _open(path: Path, rel: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     try:
-        img = Image.open(path)
+        img = Image.open(path)  # reads the header only
+        check_pixels((img.height, img.width, len(img.getbands())), rel, max_pixels)  # only frame 0 is read
         img.load()  # decode now: truncated files fail here, not later in someone else's code
         return img
     except FileNotFoundError:
         raise ReadError("missing_file", rel) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # Pillow's own guard (2 × 89.5 M px)
+        raise ReadError("too_large", f"{rel}: {e}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ReadError("unreadable_image", f"{rel}: {type(e).__name__}: {e}") from None
 
 
 def load_image(
-    path: Path, rel: str, grey: bool = False, *, dicom_voi: bool = True
+    path: Path, rel: str, grey: bool = False, *, dicom_voi: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, Intensity]:
     """An image file → (H, W) or (H, W, 3) array and its intensity meaning.
 
@@ -179,8 +278,8 @@ def load_image(
     from medpclip.sources import dicom  # imported here: dicom builds on this module
 
     if dicom.is_dicom_path(path):
-        return dicom.load_dicom_image(path, rel, voi=dicom_voi, grey=grey)
-    with _open(path, rel) as img:
+        return dicom.load_dicom_image(path, rel, voi=dicom_voi, grey=grey, max_pixels=max_pixels)
+    with _open(path, rel, max_pixels) as img:
         if img.mode in _WIDE_MODES:
             return np.asarray(img), "raw"
         if grey:
@@ -191,12 +290,37 @@ def load_image(
         return np.asarray(out), "uint8"
 
 
-def load_mask(path: Path, rel: str) -> np.ndarray:
+def load_mask(path: Path, rel: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A mask file → 2D array of its grey values (RGB masks → luminance; 16-bit masks keep their values)."""
-    with _open(path, rel) as img:
+    with _open(path, rel, max_pixels) as img:
         if img.mode in _WIDE_MODES:
             return np.asarray(img)
         return np.asarray(img if img.mode == "L" else img.convert("L"))
+
+
+# --- text tables ---------------------------------------------------------------------------------------------
+
+
+def read_utf8(path: Path, rel: str, reason: str = "unreadable_table") -> str:
+    """A text file (CSV, list, index) as UTF-8, BOM or not. Anything else is refused as ``bad_encoding`` with
+    the line and byte: a table's encoding is global, so decoding it another way, or skipping the bad rows,
+    would silently change labels and ids; the fix is to convert the file (or the spec), not to guess."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ReadError("missing_file", rel) from None
+    except OSError as e:
+        raise ReadError(reason, f"{rel}: {type(e).__name__}: {e}") from None
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a BOM (Excel's UTF-8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ReadError(
+            "bad_encoding",
+            f"{rel}: not UTF-8: byte 0x{data[e.start]:02x} at line {line} (offset {e.start}); "
+            "save the file as UTF-8",
+        ) from None
 
 
 def sorted_items(items: Iterable[SourceItem]) -> Iterator[SourceItem]:

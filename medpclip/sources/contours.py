@@ -71,7 +71,7 @@ from pydantic import Field
 from medpclip.frame import Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources import dicom
 from medpclip.sources._common import (
-    Options,
+    ReaderOptions,
     existing,
     file_of,
     files_of,
@@ -92,7 +92,7 @@ NODULE, SMALL_NODULE, NON_NODULE = "nodule", "small nodule", "non-nodule"
 _Z_TOLERANCE_MM = 0.05
 
 
-class ContourOptions(Options):
+class ContourOptions(ReaderOptions):
     layout: Literal["lidc", "imagescope"]
     # lidc
     files: str | list[str] = "**/*"
@@ -194,7 +194,12 @@ class _Roi:
 
 
 def _read_lidc(spec: DatasetSpec, opts: ContourOptions, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
-    vol = dicom.load_series(raw_root, item, drop_repeated=opts.repeated_slices == "keep_lowest_instance")
+    vol = dicom.load_series(
+        raw_root,
+        item,
+        drop_repeated=opts.repeated_slices == "keep_lowest_instance",
+        max_pixels=opts.max_pixels,
+    )
     first = dicom.read_dataset(
         raw_root / files_of(item, "image")[0], files_of(item, "image")[0], header_only=True
     )
@@ -370,7 +375,7 @@ def _read_imagescope(
     spec: DatasetSpec, opts: ContourOptions, raw_root: Path, item: SourceItem
 ) -> Iterator[Frame]:
     rel = file_of(item, "image")
-    image, intensity = load_image(existing(raw_root, rel), rel)
+    image, intensity = load_image(existing(raw_root, rel), rel, max_pixels=opts.max_pixels)
     if opts.label is None and len(spec.labels) != 1:
         raise ReadError("bad_option", f"spec '{spec.name}': give 'label' (the spec has several labels)")
     label = resolve_label(spec, opts.label or spec.labels[0].label).label

@@ -70,7 +70,14 @@ Annotations (files in the same dataset folder):
 
 Read errors (reason codes): ``not_dicom``, ``no_pixel_data``, ``unsupported_transfer_syntax``,
 ``unreadable_image`` (truncated or corrupt pixel data), ``inconsistent_series``, ``unmatched_annotation``,
-``shape_mismatch``, ``bad_label_value``, ``bad_dimensions``.
+``shape_mismatch``, ``bad_label_value``, ``bad_dimensions``, ``too_large`` (Rows × Columns × frames × samples,
+or a series' slices × Rows × Columns, over ``max_pixels``: refused from the header, before any pixel is
+decoded), ``burned_in_annotation`` (``BurnedInAnnotation`` YES: identifying text may be in the pixels).
+
+Identifiers: DICOM UIDs never reach an output as they are. A case id that holds one (a series in the dataset
+folder itself is named by its SeriesInstanceUID; SIIM names files by SOP UID) gets a pseudonym token in keys,
+paths and reject details (``medpclip.corpus.schema.scrub_uids``); PatientID and StudyInstanceUID only feed
+the salted patient and study hashes.
 
 Memory: one series at a time; annotation masks are bit-packed (8 masks per byte per voxel).
 
@@ -102,7 +109,10 @@ from pydicom.multival import MultiValue
 from medpclip import imaging
 from medpclip.frame import Box, Frame, Intensity, Point, ReadError, SourceFile, SourceItem
 from medpclip.sources._common import (
+    DEFAULT_MAX_PIXELS,
     Options,
+    ReaderOptions,
+    check_pixels,
     existing,
     files_of,
     glob_files,
@@ -167,7 +177,7 @@ class SeriesMasks(Options):
         return self
 
 
-class DicomOptions(Options):
+class DicomOptions(ReaderOptions):
     files: str | list[str] = "**/*"
     volume_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR", "PT"])
     voi: bool = True
@@ -225,11 +235,17 @@ def _transfer_syntax(ds: Dataset):
     return meta.get("TransferSyntaxUID") if meta is not None else None
 
 
-def decode_pixels(ds: Dataset, rel: str) -> np.ndarray:
+def decode_pixels(ds: Dataset, rel: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Stored pixel values (frames first for multi-frame files). Errors: ``no_pixel_data``,
-    ``unsupported_transfer_syntax`` (no installed decoder), ``unreadable_image`` (truncated or corrupt)."""
+    ``unsupported_transfer_syntax`` (no installed decoder), ``unreadable_image`` (truncated or corrupt),
+    ``too_large`` (Rows × Columns × frames × samples over ``max_pixels``, checked before decoding)."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ReadError("no_pixel_data", f"{rel}: the file has no pixel data")
+    try:
+        dims = [int(ds.get(k) or 1) for k in ("NumberOfFrames", "Rows", "Columns", "SamplesPerPixel")]
+    except (TypeError, ValueError) as e:
+        raise ReadError("unreadable_image", f"{rel}: bad image size in the header: {e}") from None
+    check_pixels(dims, rel, max_pixels)
     uid = _transfer_syntax(ds)
     if uid is not None and uid.is_compressed:
         from pydicom.pixels import get_decoder
@@ -413,7 +429,9 @@ def frame_images(ds: Dataset, stored: np.ndarray, voi: bool) -> Iterator[tuple[n
             yield _grey_2d(frames[f], _frame_view(ds, f), voi)
 
 
-def read_dicom_image(path: Path, rel: str, *, voi: bool = True, grey: bool = False) -> DicomImage:
+def read_dicom_image(
+    path: Path, rel: str, *, voi: bool = True, grey: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> DicomImage:
     """One single-frame DICOM file → display-correct 2D image with its intensity meaning and pixel spacing.
 
     CT → ``hu``; other grey images → ``uint8`` through the file's VOI LUT/window (``voi``) or when stored in 8
@@ -422,7 +440,7 @@ def read_dicom_image(path: Path, rel: str, *, voi: bool = True, grey: bool = Fal
     if not path.is_file():
         raise ReadError("missing_file", rel)
     ds = read_dataset(path, rel)
-    stored = decode_pixels(ds, rel)
+    stored = decode_pixels(ds, rel, max_pixels)
     if int(ds.get("NumberOfFrames") or 1) > 1:
         raise ReadError("bad_dimensions", f"{rel}: {int(ds.NumberOfFrames)} frames, expected one 2D image")
     ((array, intensity),) = list(frame_images(ds, stored, voi))
@@ -437,10 +455,10 @@ def read_dicom_image(path: Path, rel: str, *, voi: bool = True, grey: bool = Fal
 
 
 def load_dicom_image(
-    path: Path, rel: str, *, voi: bool = True, grey: bool = False
+    path: Path, rel: str, *, voi: bool = True, grey: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, Intensity]:
     """``read_dicom_image`` without the spacing: the DICOM branch of ``_common.load_image``."""
-    img = read_dicom_image(path, rel, voi=voi, grey=grey)
+    img = read_dicom_image(path, rel, voi=voi, grey=grey, max_pixels=max_pixels)
     return img.array, img.intensity
 
 
@@ -629,6 +647,7 @@ class _Header:
     shape: tuple[int, int]
     kind: str  # image | seg | rtstruct | other
     localizer: bool
+    burned_in: bool  # BurnedInAnnotation YES: identifying text in the pixels
     geo: _SliceGeo | None
     enhanced_geo: bool
     ref_series: tuple[str, ...] = ()
@@ -683,6 +702,7 @@ def _header(ds: Dataset, rel: PurePosixPath) -> _Header:
         shape=(int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)),
         kind=kind,
         localizer="LOCALIZER" in image_type,
+        burned_in=str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES",
         geo=_slice_geo(ds) if n_frames == 1 else None,
         enhanced_geo=n_frames > 1 and _slice_geo(ds, 0) is not None,
         ref_series=tuple(s for s in ref_series if s),
@@ -801,7 +821,14 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
         files += [SourceFile(a.kind, raw_path(spec, a.rel)) for a in attached.get(n, [])]
         meta: dict[str, object] = {"kind": kind}
         error = None
-        if kind == "series" and opts.masks:
+        burned = [h for h in group if h.burned_in]
+        if burned:  # PS3.15 Annex E: pixels with burned-in text may identify the patient; never published
+            error = (
+                "burned_in_annotation",
+                f"{raw_path(spec, burned[0].rel)}: BurnedInAnnotation is YES ({len(burned)} of {len(group)} "
+                "files): text in the pixels may identify the patient",
+            )
+        elif kind == "series" and opts.masks:
             found = _series_mask_files(spec, root, opts, group)
             if found is not None:
                 entry, mask_files, error = found
@@ -1113,7 +1140,7 @@ def _annotation_datasets(raw_root: Path, item: SourceItem) -> list[tuple[str, st
 
 
 def _read_series(spec: DatasetSpec, opts: DicomOptions, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
-    vol = load_series(raw_root, item)
+    vol = load_series(raw_root, item, max_pixels=opts.max_pixels)
     yield from _volume_frames(
         spec, opts, raw_root, item, vol.stack, vol.geo, vol.sop_to_k, vol.intensity, vol.modality
     )
@@ -1131,7 +1158,9 @@ class SeriesVolume:
     modality: str | None
 
 
-def load_series(raw_root: Path, item: SourceItem, *, drop_repeated: bool = False) -> SeriesVolume:
+def load_series(
+    raw_root: Path, item: SourceItem, *, drop_repeated: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> SeriesVolume:
     """The item's ``image`` files assembled into one volume (the ``series`` kind of :func:`discover`).
 
     ``drop_repeated``: of several slices at one position keep the one with the lowest ``InstanceNumber`` (then
@@ -1149,13 +1178,14 @@ def load_series(raw_root: Path, item: SourceItem, *, drop_repeated: bool = False
         keep = _first_at_each_position(headers, geos, rels)
         rels, headers, geos = [rels[i] for i in keep], [headers[i] for i in keep], [geos[i] for i in keep]
     geo, order = _geometry(geos, item.case_id)
+    check_pixels((geo.depth, *geo.shape), item.case_id, max_pixels, "series")  # before the stack exists
     ct = str(headers[0].get("Modality", "")).upper() == "CT"
     rescale = [_rescale_of(headers[i]) for i in order]
     stack = _Stack(geo.depth, geo.shape, rescale)
     sop_to_k: dict[tuple[str, int | None], int] = {}
     for k, i in enumerate(order):
         ds = read_dataset(existing(raw_root, rels[i]), rels[i])
-        stored = decode_pixels(ds, rels[i])
+        stored = decode_pixels(ds, rels[i], max_pixels)
         if stored.shape != geo.shape:
             raise ReadError("inconsistent_series", f"{rels[i]}: pixel data {stored.shape} != {geo.shape}")
         stack.put(k, stored, ds)
@@ -1383,7 +1413,7 @@ def _read_enhanced(
 ) -> Iterator[Frame]:
     (rel,) = files_of(item, "image")
     ds = read_dataset(existing(raw_root, rel), rel)
-    stored = decode_pixels(ds, rel)
+    stored = decode_pixels(ds, rel, opts.max_pixels)
     n = int(ds.get("NumberOfFrames") or 1)
     frames = stored if n > 1 else stored[None]
     geos = [_slice_geo(ds, f) for f in range(frames.shape[0])]
@@ -1425,7 +1455,7 @@ def _frames_as_images(spec, opts, raw_root, item, ds, frames, voi) -> Iterator[F
 def _read_image(spec: DatasetSpec, opts: DicomOptions, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
     (rel,) = files_of(item, "image")
     ds = read_dataset(existing(raw_root, rel), rel)
-    stored = decode_pixels(ds, rel)
+    stored = decode_pixels(ds, rel, opts.max_pixels)
     n = int(ds.get("NumberOfFrames") or 1)
     frames = stored if n > 1 else stored[None]
     shape = tuple(frames.shape[1:3])

@@ -79,6 +79,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from medpclip.frame import Box, Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources._common import (
     Options,
+    ReaderOptions,
     existing,
     file_of,
     files_of,
@@ -163,7 +164,7 @@ class NumberedGroups(Options):
         return None
 
 
-class RasterOptions(Options):
+class RasterOptions(ReaderOptions):
     images: str | list[str]
     exclude: list[str] = Field(default_factory=list)
     name_regex: str | None = None
@@ -425,7 +426,9 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     opts = parse_options(spec, RasterOptions)
     meta = item.meta_dict()
     image_rel = file_of(item, "image")
-    image, intensity = load_image(existing(raw_root, image_rel), image_rel, grey=opts.grey)
+    image, intensity = load_image(
+        existing(raw_root, image_rel), image_rel, grey=opts.grey, max_pixels=opts.max_pixels
+    )
     frame = Frame(
         item=item, image=image, intensity=intensity, image_labels=list(meta.get("image_labels", ()))
     )

@@ -66,7 +66,7 @@ from pydantic import Field
 
 from medpclip.frame import Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources._common import (
-    Options,
+    ReaderOptions,
     existing,
     file_of,
     files_of,
@@ -85,7 +85,7 @@ _SPLIT_NAMES = {"train": "train", "validate": "val", "val": "val", "test": "test
 _HEADER = re.compile(r"(?m)^[ \t]*([A-Z][A-Z0-9 ()/,&'-]*?)[ \t]*:")
 
 
-class ReportOptions(Options):
+class ReportOptions(ReaderOptions):
     layout: Literal["openi", "mimic"]
     images: str | list[str]
     sections: list[str] = Field(default_factory=lambda: ["FINDINGS", "IMPRESSION"])
@@ -114,7 +114,7 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     raise_item_error(item)
     opts = parse_options(spec, ReportOptions)
     rel = file_of(item, "image")
-    image, intensity = load_image(existing(raw_root, rel), rel, grey=opts.grey)
+    image, intensity = load_image(existing(raw_root, rel), rel, grey=opts.grey, max_pixels=opts.max_pixels)
     report_rel = files_of(item, "report")
     text, labels = None, []
     if report_rel:

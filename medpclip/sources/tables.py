@@ -81,6 +81,7 @@ negative.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import defaultdict
 from collections.abc import Iterator
@@ -94,6 +95,7 @@ from medpclip.frame import Box, Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources import dicom
 from medpclip.sources._common import (
     Options,
+    ReaderOptions,
     existing,
     file_of,
     glob_files,
@@ -103,6 +105,7 @@ from medpclip.sources._common import (
     parse_options,
     raise_item_error,
     raw_path,
+    read_utf8,
     resolve_label,
     sorted_items,
     strip_dot,
@@ -187,7 +190,7 @@ class CocoTable(Options):
     _split = field_validator("split")(_split_name)
 
 
-class TableOptions(Options):
+class TableOptions(ReaderOptions):
     images: str | list[str]
     match: Literal["name", "stem", "path"] = "name"
     image_root: str = ""
@@ -349,12 +352,10 @@ def _pick(root: Path, file: str | list[str]) -> str:
 
 
 def _read_csv(root: Path, name: str) -> list[list[str]]:
+    text = read_utf8(root / name, name)  # BOM or not; other encodings: bad_encoding, with the line
     try:
-        with open(root / name, encoding="utf-8-sig", newline="") as f:
-            return [[cell.strip() for cell in row] for row in csv.reader(f)]
-    except FileNotFoundError:
-        raise ReadError("missing_file", name) from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        return [[cell.strip() for cell in row] for row in csv.reader(io.StringIO(text, newline=""))]
+    except csv.Error as e:
         raise ReadError("unreadable_table", f"{name}: {type(e).__name__}: {e}") from None
 
 
@@ -588,12 +589,7 @@ def _coco_rows(root: Path, table: CocoTable, found: _Found, match: str, index: b
 
 def _split_lists(root: Path, lists: dict[str, str], found: _Found) -> None:
     for split, name in sorted(lists.items()):
-        try:
-            lines = (root / name).read_text(encoding="utf-8-sig").splitlines()
-        except FileNotFoundError:
-            raise ReadError("missing_file", name) from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ReadError("unreadable_table", f"{name}: {type(e).__name__}: {e}") from None
+        lines = read_utf8(root / name, name).splitlines()
         for image in (s.strip() for s in lines):
             if image:
                 found.split(image, split, name)
@@ -646,10 +642,12 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     path = existing(raw_root, rel)
     spacing = None
     if dicom.is_dicom_path(path):
-        img = dicom.read_dicom_image(path, rel, voi=opts.dicom_voi, grey=opts.grey)
+        img = dicom.read_dicom_image(
+            path, rel, voi=opts.dicom_voi, grey=opts.grey, max_pixels=opts.max_pixels
+        )
         image, intensity, spacing = img.array, img.intensity, img.spacing_mm
     else:
-        image, intensity = load_image(path, rel, grey=opts.grey)
+        image, intensity = load_image(path, rel, grey=opts.grey, max_pixels=opts.max_pixels)
     meta = item.meta_dict()
     boxes = [
         Box(resolve_label(spec, b[0]).label, (b[1], b[2], b[3], b[4]), b[5] if len(b) > 5 else None)

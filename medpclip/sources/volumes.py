@@ -71,6 +71,8 @@ from medpclip.frame import Frame, ReadError, SourceFile, SourceItem
 from medpclip.imaging import display_slice, iter_slices, reorient_canonical
 from medpclip.sources._common import (
     Options,
+    ReaderOptions,
+    check_pixels,
     existing,
     file_of,
     files_of,
@@ -80,6 +82,7 @@ from medpclip.sources._common import (
     parse_options,
     raise_item_error,
     raw_path,
+    read_utf8,
     sorted_items,
     strip_dot,
 )
@@ -139,7 +142,7 @@ class TableOptions(Options):
     split_column: str | None = None
 
 
-class VolumeOptions(Options):
+class VolumeOptions(ReaderOptions):
     layout: Literal["msd", "pairs", "cases"] = "pairs"
     index: str = "dataset.json"
     lists: dict[str, Split | None] = Field(default_factory=lambda: {"training": None})
@@ -487,12 +490,9 @@ def _apply_table(spec: DatasetSpec, root: Path, opts: VolumeOptions, cases: list
 
 
 def _read_table(root: Path, table: TableOptions) -> dict[str, dict[str, str]]:
-    try:
-        text = (root / table.path).read_text(encoding="utf-8-sig")  # BOM or not
-    except FileNotFoundError:
-        raise ReadError("missing_file", f"{table.path} (the table this spec takes splits from)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ReadError("unreadable_table", f"{table.path}: {type(e).__name__}: {e}") from None
+    if not (root / table.path).is_file():
+        raise ReadError("missing_file", f"{table.path} (the table this spec takes splits from)")
+    text = read_utf8(root / table.path, table.path)  # BOM or not
     reader = csv.DictReader(io.StringIO(text), delimiter=table.delimiter)
     columns = [(c or "").strip() for c in reader.fieldnames or []]
     for needed in (table.id_column, table.split_column):
@@ -582,7 +582,8 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     channel = meta.get("channel", opts.channel if isinstance(opts.channel, int) else None)
     image_rel = file_of(item, "image")
     image_img = _load(raw_root, image_rel)
-    image = _image_array(image_img, image_rel, None if channel is None else int(channel))
+    limit = opts.max_pixels
+    image = _image_array(image_img, image_rel, None if channel is None else int(channel), limit)
     axes = nib.aff2axcodes(image_img.affine)
 
     def frame(index: int, img2d: np.ndarray, spacing: tuple[float, float], plane: str, **ann) -> Frame:
@@ -606,7 +607,7 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
             )
         crops = []
         for label, rel in zip(structures, paths, strict=True):
-            crop = _structure(raw_root, rel, image.shape, axes, image_img.affine)
+            crop = _structure(raw_root, rel, image.shape, axes, image_img.affine, limit)
             if crop is not None:  # an all-zero mask: the structure is absent from this case
                 crops.append((label, *crop))
         image, zooms = reorient_canonical(image, image_img.affine)
@@ -618,7 +619,7 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
 
     label_rel = file_of(item, "label")
     label_img = _load(raw_root, label_rel)
-    labels = _label_array(label_img, label_rel, spec)
+    labels = _label_array(label_img, label_rel, spec, limit)
     if image.shape != labels.shape:
         raise ReadError("shape_mismatch", f"image {image.shape} != label {labels.shape} ({image_rel})")
     _same_axes(axes, label_img, label_rel)
@@ -647,6 +648,8 @@ def _load(raw_root: Path, rel: str) -> nib.spatialimages.SpatialImage:
         return nib.load(path)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as e:
         raise ReadError("unreadable_image", f"{rel}: {type(e).__name__}: {e}") from None
+    except nib.spatialimages.HeaderDataError as e:  # a header nibabel cannot make sense of
+        raise ReadError("unreadable_image", f"{rel}: corrupt header: {e}") from None
 
 
 def _voxels(img: nib.spatialimages.SpatialImage, rel: str, channel: int | None = None) -> np.ndarray:
@@ -669,8 +672,14 @@ def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _image_array(img: nib.spatialimages.SpatialImage, rel: str, channel: int | None) -> np.ndarray:
+def _image_array(
+    img: nib.spatialimages.SpatialImage, rel: str, channel: int | None, max_pixels: int
+) -> np.ndarray:
+    """The image volume (x, y, z), its size checked against the header before reading, non-finite voxels
+    refused (a NaN/inf voxel has no display value: rendering it as black would make the image silently
+    wrong)."""
     shape = _spatial(img.shape)
+    check_pixels(img.shape, rel, max_pixels, "volume")
     if len(shape) == 4:
         if channel is None:
             raise ReadError(
@@ -678,24 +687,36 @@ def _image_array(img: nib.spatialimages.SpatialImage, rel: str, channel: int | N
             )
         if not 0 <= channel < shape[3]:
             raise ReadError("bad_dimensions", f"{rel}: channel {channel} of {shape[3]} does not exist")
-        return _voxels(img, rel, channel).reshape(shape[:3])
-    if len(shape) not in (2, 3):
+        data = _voxels(img, rel, channel).reshape(shape[:3])
+    elif len(shape) not in (2, 3):
         raise ReadError("bad_dimensions", f"{rel}: image shape {tuple(img.shape)} is not 2D/3D/4D")
-    data = _voxels(img, rel).reshape(shape)
-    return data[..., None] if data.ndim == 2 else data
+    else:
+        data = _voxels(img, rel).reshape(shape)
+        data = data[..., None] if data.ndim == 2 else data
+    if data.dtype.kind in "fc":
+        finite = np.isfinite(data)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise ReadError(
+                "non_finite_voxels", f"{rel}: {bad:,} of {data.size:,} voxels are NaN or infinite"
+            )
+    return data
 
 
-def _annotation_array(img: nib.spatialimages.SpatialImage, rel: str) -> np.ndarray:
+def _annotation_array(img: nib.spatialimages.SpatialImage, rel: str, max_pixels: int) -> np.ndarray:
     shape = _spatial(img.shape)
     if len(shape) not in (2, 3):
         raise ReadError("bad_dimensions", f"{rel}: annotation shape {tuple(img.shape)} is not 2D/3D")
+    check_pixels(shape, rel, max_pixels, "annotation volume")
     data = _voxels(img, rel).reshape(shape)
     return data[..., None] if data.ndim == 2 else data
 
 
-def _label_array(img: nib.spatialimages.SpatialImage, rel: str, spec: DatasetSpec) -> np.ndarray:
+def _label_array(
+    img: nib.spatialimages.SpatialImage, rel: str, spec: DatasetSpec, max_pixels: int
+) -> np.ndarray:
     """Label volume → smallest unsigned integer array; values must be 0 or a spec label value."""
-    data = _annotation_array(img, rel)
+    data = _annotation_array(img, rel, max_pixels)
     if data.dtype.kind == "f":  # float-stored labels (an MSD quirk): nearest integer
         if not np.isfinite(data).all():
             raise ReadError("bad_label_value", f"{rel}: non-finite label values")
@@ -729,12 +750,12 @@ _Crop = tuple[tuple[int, int, int], np.ndarray]  # offset in the canonical volum
 
 
 def _structure(
-    raw_root: Path, rel: str, shape: tuple[int, ...], axes: tuple, affine: np.ndarray
+    raw_root: Path, rel: str, shape: tuple[int, ...], axes: tuple, affine: np.ndarray, max_pixels: int
 ) -> _Crop | None:
     """One structure's mask, canonical and cropped to its bounding box (a whole-body CT has ~100 of them:
     full-size copies of each would not fit in a worker). None when the mask is empty."""
     img = _load(raw_root, rel)
-    data = _annotation_array(img, rel)
+    data = _annotation_array(img, rel, max_pixels)
     if data.shape != shape:
         raise ReadError("shape_mismatch", f"image {shape} != mask {data.shape} ({rel})")
     _same_axes(axes, img, rel)
