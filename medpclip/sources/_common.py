@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
@@ -325,3 +326,21 @@ def read_utf8(path: Path, rel: str, reason: str = "unreadable_table") -> str:
 
 def sorted_items(items: Iterable[SourceItem]) -> Iterator[SourceItem]:
     yield from sorted(items, key=lambda i: i.case_id)
+
+
+# --- XML ---------------------------------------------------------------------------------------------------
+
+
+def parse_xml(path: Path, rel: str) -> ET.Element:
+    """The root element with namespaces stripped from every tag (LIDC declares ``xmlns="http://www.nih.gov"``,
+    OpenI none): readers match plain tag names whatever the publisher declared."""
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError:
+        raise ReadError("missing_file", rel) from None
+    except (ET.ParseError, OSError, UnicodeDecodeError) as e:
+        raise ReadError("unreadable_annotation", f"{rel}: {type(e).__name__}: {e}") from None
+    for el in root.iter():
+        if isinstance(el.tag, str) and "}" in el.tag:
+            el.tag = el.tag.split("}", 1)[1]
+    return root

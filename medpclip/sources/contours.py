@@ -80,6 +80,7 @@ from medpclip.sources._common import (
     load_image,
     make_item,
     parse_options,
+    parse_xml,
     raise_item_error,
     raw_path,
     resolve_label,
@@ -127,20 +128,6 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
 
 
 # --- XML ---------------------------------------------------------------------------------------------------
-
-
-def _parse_xml(path: Path, rel: str) -> ET.Element:
-    """The root element with namespaces stripped from every tag (LIDC declares ``xmlns="http://www.nih.gov"``)."""
-    try:
-        root = ET.parse(path).getroot()
-    except FileNotFoundError:
-        raise ReadError("missing_file", rel) from None
-    except (ET.ParseError, OSError, UnicodeDecodeError) as e:
-        raise ReadError("unreadable_annotation", f"{rel}: {type(e).__name__}: {e}") from None
-    for el in root.iter():
-        if isinstance(el.tag, str) and "}" in el.tag:
-            el.tag = el.tag.split("}", 1)[1]
-    return root
 
 
 def _text(el: ET.Element, tag: str) -> str:
@@ -230,7 +217,7 @@ def _read_lidc(spec: DatasetSpec, opts: ContourOptions, raw_root: Path, item: So
     shape = vol.geo.shape
     reader_no = 0
     for rel in files_of(item, "xml"):
-        xml = _parse_xml(existing(raw_root, rel), rel)
+        xml = parse_xml(existing(raw_root, rel), rel)
         if xml.tag != "LidcReadMessage":
             raise ReadError("unreadable_annotation", f"{rel}: root <{xml.tag}> is not an LIDC CT reading")
         response = xml.find("ResponseHeader")
@@ -380,7 +367,7 @@ def _read_imagescope(
         raise ReadError("bad_option", f"spec '{spec.name}': give 'label' (the spec has several labels)")
     label = resolve_label(spec, opts.label or spec.labels[0].label).label
     xml_rel = file_of(item, "annotation")
-    xml = _parse_xml(existing(raw_root, xml_rel), xml_rel)
+    xml = parse_xml(existing(raw_root, xml_rel), xml_rel)
     if xml.tag != "Annotations":
         raise ReadError(
             "unreadable_annotation", f"{xml_rel}: root <{xml.tag}> is not ImageScope <Annotations>"

@@ -74,6 +74,7 @@ from medpclip.sources._common import (
     load_image,
     make_item,
     parse_options,
+    parse_xml,
     raise_item_error,
     raw_path,
     sorted_items,
@@ -120,7 +121,7 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     if report_rel:
         path = existing(raw_root, report_rel[0])
         if opts.layout == "openi":
-            xml = _parse_xml(path, report_rel[0])
+            xml = parse_xml(path, report_rel[0])
             text = keep_sections(openi_sections(xml), opts.sections)
             if opts.mesh_labels:
                 labels = mesh_labels(spec, xml, opts.normal_labels)
@@ -194,19 +195,6 @@ def mesh_labels(spec: DatasetSpec, xml: ET.Element, normal_labels: list[str]) ->
 # --- files -------------------------------------------------------------------------------------------------
 
 
-def _parse_xml(path: Path, rel: str) -> ET.Element:
-    try:
-        root = ET.parse(path).getroot()
-    except FileNotFoundError:
-        raise ReadError("missing_file", rel) from None
-    except (ET.ParseError, OSError, UnicodeDecodeError) as e:
-        raise ReadError("unreadable_annotation", f"{rel}: {type(e).__name__}: {e}") from None
-    for el in root.iter():
-        if isinstance(el.tag, str) and "}" in el.tag:
-            el.tag = el.tag.split("}", 1)[1]
-    return root
-
-
 def _read_text(path: Path, rel: str) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
@@ -228,7 +216,7 @@ def _discover_openi(spec: DatasetSpec, opts: ReportOptions, root: Path) -> Itera
     for path in glob_files(root, opts.reports):
         rel = path.relative_to(root).as_posix()
         try:
-            xml = _parse_xml(path, raw_path(spec, rel))
+            xml = parse_xml(path, raw_path(spec, rel))
         except ReadError as e:
             items.append(
                 make_item(
