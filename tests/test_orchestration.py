@@ -100,22 +100,20 @@ def test_prefect_deployment_run_builds_the_demo(tmp_path):
 def test_ray_job_on_a_two_node_cluster(tmp_path, demo_raw):
     gcs, dash = free_port(), free_port()
     env = _env()
-    head_cmd = [
-        str(BIN / "ray"),
-        "start",
-        "--head",
-        "--block",
-        "--port",
-        str(gcs),
-        "--num-cpus",
-        "1",
-        "--dashboard-host",
-        "127.0.0.1",
-        "--dashboard-port",
-        str(dash),
-        "--disable-usage-stats",
-    ]
-    node_cmd = [str(BIN / "ray"), "start", "--block", "--address", f"127.0.0.1:{gcs}", "--num-cpus", "1"]
+
+    def agent_ports() -> list[str]:
+        # Every Ray on a machine starts a dashboard agent on the same default ports; the test session's own
+        # local Ray already holds them, so each node of this cluster gets free ones (else: "No available
+        # agent to submit job").
+        return ["--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port",
+                str(free_port()), "--runtime-env-agent-port", str(free_port()), "--metrics-export-port",
+                str(free_port())]  # fmt: skip
+
+    head_cmd = [str(BIN / "ray"), "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "1",
+                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats",
+                *agent_ports()]  # fmt: skip
+    node_cmd = [str(BIN / "ray"), "start", "--block", "--address", f"127.0.0.1:{gcs}", "--num-cpus", "1",
+                *agent_ports()]  # fmt: skip
     out = tmp_path / "corpus"
     with running(head_cmd, tmp_path / "head.log", env=env) as head:
         wait_until(lambda: _http_ok(f"http://127.0.0.1:{dash}/api/version"), 120, "ray head", head)
