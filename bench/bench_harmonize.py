@@ -20,32 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import ct_spec
 from medpclip import imaging, regions
 from medpclip.corpus.sample import SampleParams, encode_png, make_sample
 from medpclip.corpus.schema import stable_json
 from medpclip.frame import Frame, SourceFile, SourceItem
-from medpclip.specs import parse_spec
 
 SIZE, N_LABELS = 512, 10
-SPEC = parse_spec(
-    {
-        "name": "bench_ct",
-        "root": "x",
-        "title": "bench",
-        "citation": "-",
-        "licence": "-",
-        "access": "open",
-        "homepage": "-",
-        "modality": "CT",
-        "body_part": "abdomen",
-        "format": {"family": "volumes"},
-        "labels": [
-            {"value": v, "label": f"organ_{v}", "name": f"Organ {v}", "category": "organ"}
-            for v in range(1, N_LABELS + 1)
-        ],
-        "intensity": {"kind": "ct_window", "window": "abdomen"},
-    }
-)
+SPEC = ct_spec([f"organ_{v}" for v in range(1, N_LABELS + 1)])
 
 
 def make_frames(n: int, seed: int = 0) -> list[Frame]:

@@ -43,8 +43,15 @@ def _duck_type(t) -> str:
 
     if pa.types.is_list(t):
         return "VARCHAR[]"
-    return {"string": "VARCHAR", "int8": "TINYINT", "int16": "SMALLINT", "int32": "INTEGER", "int64": "BIGINT",
-            "float": "FLOAT", "bool": "BOOLEAN"}[str(t)]
+    return {
+        "string": "VARCHAR",
+        "int8": "TINYINT",
+        "int16": "SMALLINT",
+        "int32": "INTEGER",
+        "int64": "BIGINT",
+        "float": "FLOAT",
+        "bool": "BOOLEAN",
+    }[str(t)]
 
 
 def generate(root: Path, scale: float) -> None:
@@ -79,8 +86,10 @@ def generate(root: Path, scale: float) -> None:
                 150000::BIGINT AS png_bytes, 'shards/{ds}/train/train-{unit:05d}-00.tar' AS shard, {unit} AS unit
               FROM range({unit_start}, {unit_start + n}) t(i) ORDER BY key"""
             cols = ", ".join(f"{f.name}::{_duck_type(f.type)} AS {f.name}" for f in SAMPLES)
-            con.execute(f"COPY (SELECT {cols} FROM ({sample_sql})) TO "
-                        f"'{root}/manifests/samples/{ds}/{unit:05d}.parquet' (FORMAT parquet, COMPRESSION zstd)")
+            con.execute(
+                f"COPY (SELECT {cols} FROM ({sample_sql})) TO "
+                f"'{root}/manifests/samples/{ds}/{unit:05d}.parquet' (FORMAT parquet, COMPRESSION zstd)"
+            )
             # Regions: ~15 per sample; label ~ Zipf over 200 labels via a skewed hash.
             region_sql = f"""
               WITH s AS (SELECT * FROM read_parquet('{root}/manifests/samples/{ds}/{unit:05d}.parquet'))
@@ -96,16 +105,33 @@ def generate(root: Path, scale: float) -> None:
                 NULL::VARCHAR AS annotator, s.patient_id
               FROM s, range(s.n_regions) r(rid) ORDER BY s.key, rid"""
             cols = ", ".join(f"{f.name}::{_duck_type(f.type)} AS {f.name}" for f in REGIONS)
-            con.execute(f"COPY (SELECT {cols} FROM ({region_sql})) TO "
-                        f"'{root}/manifests/regions/{ds}/{unit:05d}.parquet' (FORMAT parquet, COMPRESSION zstd)")
+            con.execute(
+                f"COPY (SELECT {cols} FROM ({region_sql})) TO "
+                f"'{root}/manifests/regions/{ds}/{unit:05d}.parquet' (FORMAT parquet, COMPRESSION zstd)"
+            )
     for kind in ("sources", "rejects"):
         (root / "manifests" / kind / "ds_000").mkdir(parents=True, exist_ok=True)
-        con.execute(f"COPY (SELECT * FROM read_parquet('{root}/manifests/samples/ds_000/00000.parquet') LIMIT 0) "
-                    f"TO '{root}/manifests/{kind}/ds_000/00000.parquet' (FORMAT parquet)")
+        con.execute(
+            f"COPY (SELECT * FROM read_parquet('{root}/manifests/samples/ds_000/00000.parquet') LIMIT 0) "
+            f"TO '{root}/manifests/{kind}/ds_000/00000.parquet' (FORMAT parquet)"
+        )
     (root / "manifests" / "units" / "ds_000").mkdir(parents=True, exist_ok=True)
     (root / "manifests" / "units" / "ds_000" / "00000.json").write_text(
-        json.dumps({"dataset": "ds_000", "unit": 0, "shards": [{"path": "shards/ds_000/train/train-00000-00.tar",
-                                                               "n_samples": 1, "bytes": 1, "sha256": "0"}]}))
+        json.dumps(
+            {
+                "dataset": "ds_000",
+                "unit": 0,
+                "shards": [
+                    {
+                        "path": "shards/ds_000/train/train-00000-00.tar",
+                        "n_samples": 1,
+                        "bytes": 1,
+                        "sha256": "0",
+                    }
+                ],
+            }
+        )
+    )
     (root / "build.json").write_text(json.dumps({"generated_for": "bench_warehouse", "scale": scale}))
 
 
@@ -132,10 +158,15 @@ def main(scale: float = 1.0) -> dict:
         results[name] = {"median_s": round(statistics.median(times), 3), "rows": len(rows)}
     con.close()
     out = {
-        "bench": "warehouse", "scale": scale, "samples": n_samples, "regions": n_regions,
+        "bench": "warehouse",
+        "scale": scale,
+        "samples": n_samples,
+        "regions": n_regions,
         "bytes_per_region": round(region_bytes / max(n_regions, 1), 2),
         "bytes_per_sample_row": round(sample_bytes / max(n_samples, 1), 2),
-        "cpus": os.cpu_count(), "duckdb": duckdb.__version__, "queries": results,
+        "cpus": os.cpu_count(),
+        "duckdb": duckdb.__version__,
+        "queries": results,
     }
     print(f"{n_samples:,} samples, {n_regions:,} regions; {out['bytes_per_region']} bytes/region on disk")
     print(f"{'query':36s} {'median s':>9s} {'rows':>8s}")

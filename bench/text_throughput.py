@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import ct_spec
 from medpclip.corpus.sample import SampleParams, make_sample
 from medpclip.frame import Box, Frame, SourceFile, SourceItem
 from medpclip.specs import parse_spec
@@ -64,25 +65,7 @@ def _timed(fn, rounds: int) -> float:
 
 
 def _ct_spec():
-    return parse_spec(
-        {
-            "name": "bench_ct",
-            "root": "x",
-            "title": "bench",
-            "citation": "-",
-            "licence": "-",
-            "access": "open",
-            "homepage": "-",
-            "modality": "CT",
-            "body_part": "abdomen",
-            "format": {"family": "volumes"},
-            "labels": [
-                {"value": v, "label": o, "name": o.capitalize(), "category": o.split()[-1]}
-                for v, o in enumerate(ORGANS, 1)
-            ],
-            "intensity": {"kind": "ct_window", "window": "abdomen"},
-        }
-    )
+    return ct_spec(list(ORGANS))
 
 
 def _ct_frame(seed: int = 0) -> Frame:

@@ -12,6 +12,21 @@ from medpclip.sources import get_reader
 from medpclip.specs import DatasetSpec
 
 DEMO_SPECS = ["demo_ct", "demo_polyp", "demo_cxr"]
+# The smallest valid spec (a CT volume dataset with one label), for tests that vary one field.
+MINIMAL_SPEC = {
+    "name": "tiny",
+    "root": "Tiny",
+    "title": "t",
+    "citation": "c",
+    "licence": "CC-BY-4.0",
+    "access": "open",
+    "homepage": "https://example.org",
+    "modality": "CT",
+    "body_part": "abdomen",
+    "format": {"family": "volumes", "options": {"layout": "msd"}},
+    "labels": [{"value": 1, "label": "liver", "name": "Liver", "category": "liver", "cui": "C0023884"}],
+    "intensity": {"kind": "ct_window", "window": "liver"},
+}
 NON_DETERMINISTIC = {"report/index.html"}  # its timings section; everything else must be byte-identical
 
 

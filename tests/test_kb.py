@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from corpus_utils import MINIMAL_SPEC
 from typer.testing import CliRunner
 
 from medpclip.cli import app
@@ -24,20 +25,6 @@ from medpclip.text.kb import (
     load_kb,
     parse_kb,
 )
-
-SPEC = {
-    "name": "tiny",
-    "root": "Tiny",
-    "title": "t",
-    "citation": "c",
-    "licence": "CC-BY-4.0",
-    "access": "open",
-    "homepage": "https://example.org",
-    "modality": "CT",
-    "body_part": "abdomen",
-    "format": {"family": "volumes", "options": {"layout": "msd"}},
-    "intensity": {"kind": "ct_window", "window": "liver"},
-}
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +130,10 @@ def test_label_lookup_order_and_explicit_concept(kb):
 
 def _write(tmp_path: Path, labels) -> Path:
     p = tmp_path / "tiny.yaml"
-    p.write_text(yaml.safe_dump({**SPEC, "labels": labels}), encoding="utf-8")
+    p.write_text(
+        yaml.safe_dump({**{k: v for k, v in MINIMAL_SPEC.items() if k != "labels"}, "labels": labels}),
+        encoding="utf-8",
+    )
     return p
 
 

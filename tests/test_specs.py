@@ -6,23 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from corpus_utils import MINIMAL_SPEC
 
 from medpclip.specs import SpecError, available_specs, load_spec_file, resolve_spec, resolve_specs
-
-MINIMAL = {
-    "name": "tiny",
-    "root": "Tiny",
-    "title": "t",
-    "citation": "c",
-    "licence": "CC-BY-4.0",
-    "access": "open",
-    "homepage": "https://example.org",
-    "modality": "CT",
-    "body_part": "abdomen",
-    "format": {"family": "volumes", "options": {"layout": "msd"}},
-    "labels": [{"value": 1, "label": "liver", "name": "Liver", "category": "liver", "cui": "C0023884"}],
-    "intensity": {"kind": "ct_window", "window": "liver"},
-}
 
 
 def _write(tmp_path: Path, data, name="tiny.yaml") -> Path:
@@ -39,7 +25,7 @@ def test_shipped_specs_all_validate():
 
 
 def test_minimal_spec_defaults(tmp_path):
-    s = load_spec_file(_write(tmp_path, MINIMAL))
+    s = load_spec_file(_write(tmp_path, MINIMAL_SPEC))
     assert s.split.rule == "hash" and s.split.ratios == {"train": 0.8, "val": 0.1, "test": 0.1}
     assert s.regions.min_pixels == 16 and s.regions.min_fraction == 0.0005
     assert s.slicing.planes == ("ax",) and not s.slicing.keep_empty
@@ -74,7 +60,7 @@ def test_minimal_spec_defaults(tmp_path):
 )
 def test_bad_spec_is_one_clear_line(tmp_path, change, fragment):
     with pytest.raises(SpecError) as e:
-        load_spec_file(_write(tmp_path, {**MINIMAL, **change}))
+        load_spec_file(_write(tmp_path, {**MINIMAL_SPEC, **change}))
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path / "tiny.yaml") in msg and fragment in msg
 
