@@ -118,7 +118,9 @@ def iter_slices(
     # After display_slice's transpose, rows run along the second in-plane axis, columns along the first.
     spacing = (float(zooms[in_plane[1]]), float(zooms[in_plane[0]]))
     for i in range(0, volume.shape[axis], step):
-        yield i, display_slice(np.take(volume, i, axis=axis)), spacing
+        # Basic indexing is a view; np.take would first copy the whole (reoriented, non-contiguous) volume,
+        # once per slice: 50 ms per 512×512×100 slice, the largest cost of a CT build before this.
+        yield i, display_slice(volume[(slice(None),) * axis + (i,)]), spacing
 
 
 def target_shape(

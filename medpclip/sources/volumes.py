@@ -734,12 +734,22 @@ def _label_array(
     return data.astype(np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.int32, copy=False)
 
 
+_BINCOUNT_CHUNK = 1 << 20
+
+
 def _present_values(data: np.ndarray) -> list[int]:
     """Distinct values of an integer-valued array; a bincount where the range allows (far cheaper than
     sorting a few hundred million voxels)."""
     lo, hi = float(data.min()), float(data.max())
     if lo >= 0 and hi < 65536:
-        counts = np.bincount(data.astype(np.uint16, copy=False).ravel(), minlength=1)
+        small = data if data.dtype in (np.uint8, np.uint16) else data.astype(np.uint16, order="K")
+        # order="K": NIfTI arrays are Fortran-ordered; a C-order ravel would copy the whole volume. Chunks:
+        # bincount casts its input to int64, and one 8-bytes-per-voxel buffer per volume costs more in page
+        # faults than the counting itself.
+        flat = small.ravel(order="K")
+        counts = np.zeros(int(hi) + 1, np.int64)
+        for start in range(0, flat.size, _BINCOUNT_CHUNK):
+            counts += np.bincount(flat[start : start + _BINCOUNT_CHUNK], minlength=counts.size)
         return np.flatnonzero(counts).tolist()
     return [int(v) for v in np.unique(data)]
 
