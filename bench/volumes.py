@@ -77,7 +77,9 @@ def case_volumes(case: int, size: int = 512, slices: int = 100) -> tuple[np.ndar
 
 def _stored_affine(size: int) -> np.ndarray:
     sx, sy, sz = SPACING
-    return np.array([[-sx, 0, 0, sx * (size - 1) / 2], [0, -sy, 0, sy * (size - 1) / 2], [0, 0, sz, 0], [0, 0, 0, 1]])
+    return np.array(
+        [[-sx, 0, 0, sx * (size - 1) / 2], [0, -sy, 0, sy * (size - 1) / 2], [0, 0, sz, 0], [0, 0, 0, 1]]
+    )
 
 
 def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
@@ -113,7 +115,9 @@ def spec_dict(unit_items: int = 1) -> dict:
     }
 
 
-def write_ct_dataset(root: Path, n_cases: int, size: int = 512, slices: int = 100, unit_items: int = 1) -> Path:
+def write_ct_dataset(
+    root: Path, n_cases: int, size: int = 512, slices: int = 100, unit_items: int = 1
+) -> Path:
     """Write ``n_cases`` cases under ``root`` (skipped when the same set is already there); returns the spec path."""
     root = Path(root)
     folder = root / FOLDER

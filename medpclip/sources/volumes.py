@@ -792,7 +792,7 @@ def _masks_at(
         k = index - offset[axis]
         if not 0 <= k < crop.shape[axis]:
             continue
-        part = np.take(crop, k, axis=axis)
+        part = crop[(slice(None),) * axis + (k,)]
         if not part.any():
             continue
         full = np.zeros((shape[in_plane[0]], shape[in_plane[1]]), dtype=bool)
