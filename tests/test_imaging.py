@@ -87,6 +87,20 @@ def test_reorient_lps_to_ras_and_display_convention():
     assert tuple(np.argwhere(shown)[0]) == (0, 0)
 
 
+@pytest.mark.parametrize("plane,axis", [("ax", 2), ("co", 1), ("sa", 0)])
+def test_iter_slices_matches_take_on_a_reoriented_fortran_volume(plane, axis):
+    # NIfTI data is Fortran-ordered and reorientation flips it into a non-contiguous view: the slices must
+    # be the same whatever the memory layout.
+    data = np.asfortranarray(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6))
+    ras, zooms = imaging.reorient_canonical(data, np.diag([-1.0, -1.0, 2.0, 1.0]))
+    assert not ras.flags.c_contiguous and not ras.flags.f_contiguous
+    got = list(imaging.iter_slices(ras, zooms, plane, step=2))
+    assert [i for i, _, _ in got] == list(range(0, ras.shape[axis], 2))
+    for i, shown, _ in got:
+        assert shown.flags.c_contiguous
+        assert np.array_equal(shown, imaging.display_slice(np.take(ras, i, axis=axis)))
+
+
 def test_permuted_axes_are_reordered():
     data = np.arange(4 * 5 * 6).reshape(4, 5, 6)
     affine = np.array([[0, 0, 2.0, 0], [1.5, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 0, 1]])  # stored (A, S, R)

@@ -25,7 +25,7 @@ from medpclip.corpus.build import build_corpus
 from medpclip.corpus.split import assign_split
 from medpclip.frame import Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources._common import parse_options
-from medpclip.sources.volumes import VolumeOptions
+from medpclip.sources.volumes import VolumeOptions, _present_values
 from medpclip.specs import DatasetSpec, parse_spec, resolve_spec, resolve_specs
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
@@ -833,3 +833,14 @@ def test_build_amos_totalsegmentator_brats2023(raw, tmp_path, ray_session):
     assert [(r["reason"], r["path"].rsplit("/", 1)[-1]) for r in brats_rejects] == [
         ("bad_label_value", "BraTS-GLI-00005-000-t2f.nii.gz")
     ]
+
+
+def test_label_values_scan_spans_chunks_in_storage_order():
+    # More voxels than one counting chunk, Fortran-ordered like nibabel's arrays, values placed at both ends
+    # of memory: every present value is found, absent ones are not.
+    data = np.zeros((128, 128, 80), np.uint8, order="F")
+    data[0, 0, 0], data[-1, -1, -1], data[5, 7, 40] = 3, 200, 9
+    assert data.size > 1 << 20
+    assert _present_values(data) == [0, 3, 9, 200]
+    assert _present_values(data.astype(np.int32, order="F")) == [0, 3, 9, 200]
+    assert _present_values(np.array([[-1, 0], [70000, 2]])) == [-1, 0, 2, 70000]
