@@ -1,11 +1,12 @@
-"""Build a corpus: plan, run the units on Ray Data, finish with indexes and totals (DESIGN §5).
+"""Build a corpus: plan, run the units as Ray tasks, finish with indexes and totals (DESIGN §5).
 
 ``build_corpus`` is the one public entry point of the library: ``medpclip build``, ``python -m
 medpclip.jobs.build`` (for ``ray job submit``) and the ``build-corpus`` Prefect flow all run it, the flow
 through its three steps (``prepare_build``, ``run_units``, ``finish_build``) so that it can report each.
 
 - **plan** (``corpus.plan``, driver, cheap): specs → items → units with fingerprints.
-- **run**: ``ray.data.from_items(units).map(run_unit_row)`` (``corpus.unit``); finished units are kept.
+- **run**: one Ray task per unit (``corpus.unit.run_unit_json``), a bounded number in flight, results taken
+  as they finish (``ray.wait``); finished units return at once.
 - **settle** (``settle_splits``): exact duplicates (``pixel_sha256``) found in the samples manifests must not
   span two splits; the patients to move are written to ``manifests/split_overrides.json``, an input of the
   fingerprints of their units, and only those units run again (``corpus.split``).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -46,10 +48,12 @@ from medpclip.corpus.split import (
     overrides_document,
     overrides_path,
 )
-from medpclip.corpus.unit import marker_path, remove_stale_units, run_unit_row, write_parquet
+from medpclip.corpus.unit import marker_path, remove_stale_units, run_unit_json, write_parquet
 from medpclip.faults import fault_point
 from medpclip.qa.report import write_report
 from medpclip.specs import DatasetSpec
+
+_IN_FLIGHT_PER_CPU = 2  # enough that a CPU never waits on the driver for its next unit
 
 __all__ = [
     "BuildError",
@@ -99,25 +103,30 @@ def ray_session(ray_address: str | None = None, num_cpus: int | None = None) -> 
 def run_units(
     units: list[WorkUnit], on_unit: Callable[[dict[str, Any]], None] | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Run units as Ray Data tasks, one block per unit, on the Ray this process is connected to; yields each
-    unit's stats as it completes. Finished units (marker = fingerprint) return at once."""
+    """Run units as Ray tasks (one CPU each) on the Ray this process is connected to; yields each unit's
+    stats as it completes, in completion order. Finished units (marker = fingerprint) return at once.
+
+    Plain tasks, not Ray Data: a unit is coarse (a volume, thousands of images) and returns a small dict, so
+    a dataset pipeline adds nothing but cost — two extra actors (~375 MiB), seconds of start-up, one task
+    alone until the first finishes, and results reaching the driver late (docs/BENCHMARKS.md, scaling).
+    At most ``_IN_FLIGHT_PER_CPU`` × the cluster's CPUs are submitted at once, so a plan of 10⁵ units does
+    not put 10⁵ specs in the object store; a finished one makes room for the next.
+    """
     if not units:
         return
-    import ray.data
+    import ray
 
-    # Our own per-unit progress replaces Ray Data's bars and chatter on the console; Ray Data still logs
-    # everything to its session log (ray-data.log).
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    ds = ray.data.from_items([{"unit": u.to_json()} for u in units], override_num_blocks=len(units))
-    # A worker killed mid-unit is retried by Ray (tasks retry system failures by default); the retry removes
-    # the unit's files and rewrites them from scratch.
-    ds = ds.map(run_unit_row, num_cpus=1)
-    for row in ds.iter_rows():
-        stats = json.loads(row["stats"])
+    # A worker killed mid-unit is retried by Ray (system failures: max_retries); the retry removes the
+    # unit's files and rewrites them from scratch. An exception in our code is not retried: it is a bug or a
+    # bad input that escaped the reader, and the build must stop and say so.
+    task = ray.remote(num_cpus=1, max_retries=3)(run_unit_json)
+    window = max(2, _IN_FLIGHT_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
+    queue = iter(units)
+    pending = [task.remote(u.to_json()) for u in itertools.islice(queue, window)]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        pending.extend(task.remote(u.to_json()) for u in itertools.islice(queue, 1))
+        stats = json.loads(ray.get(done[0]))
         if on_unit is not None:
             on_unit(stats)
         yield stats
@@ -347,6 +356,7 @@ def build_corpus(
         plan, again = settle_splits(plan)  # duplicates across splits: re-run the units they touch
         nodes.update(s["node"] for s in again if not s.get("skipped"))
         lap("dedup")
+    lap("ray stop")
     fault_point("finish")
     build = finish_build(plan)
     lap("finish")

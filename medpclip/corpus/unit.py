@@ -401,6 +401,7 @@ def _source_rows(dataset, unit_no, case_hash, item, files, status, n_samples) ->
     ]
 
 
-def run_unit_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Ray Data adapter: a row holding a unit as JSON → a row holding its stats as JSON."""
-    return {"stats": json.dumps(run_unit(WorkUnit.from_json(row["unit"])), sort_keys=True)}
+def run_unit_json(unit_json: str) -> str:
+    """Ray task adapter: a unit as JSON → its stats as JSON (plain strings cross the object store cheaply
+    and need nothing of this package to be deserialised by the driver)."""
+    return json.dumps(run_unit(WorkUnit.from_json(unit_json)), sort_keys=True)
