@@ -1,0 +1,56 @@
+"""One single-frame DICOM file as a display-correct 2D image (for the image-table families)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medpclip.frame import Intensity, ReadError
+from medpclip.sources._common import DEFAULT_MAX_PIXELS
+from medpclip.sources.dicom.files import decode_pixels, read_dataset
+from medpclip.sources.dicom.geometry import _spacing
+from medpclip.sources.dicom.intensity import frame_images
+
+
+@dataclass
+class DicomImage:
+    """One decoded 2D DICOM image, display-correct (MONOCHROME1 already turned around)."""
+
+    array: np.ndarray
+    intensity: Intensity
+    spacing_mm: tuple[float, float] | None
+
+
+def read_dicom_image(
+    path: Path, rel: str, *, voi: bool = True, grey: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> DicomImage:
+    """One single-frame DICOM file → display-correct 2D image with its intensity meaning and pixel spacing.
+
+    CT → ``hu``; other grey images → ``uint8`` through the file's VOI LUT/window (``voi``) or when stored in 8
+    bits, else ``raw`` values (modality LUT applied); MONOCHROME1 inverted in either case. Colour → RGB
+    ``uint8`` (``grey`` → luminance). A multi-frame file is ``bad_dimensions`` here (no single 2D image)."""
+    if not path.is_file():
+        raise ReadError("missing_file", rel)
+    ds = read_dataset(path, rel)
+    stored = decode_pixels(ds, rel, max_pixels)
+    if int(ds.get("NumberOfFrames") or 1) > 1:
+        raise ReadError("bad_dimensions", f"{rel}: {int(ds.NumberOfFrames)} frames, expected one 2D image")
+    ((array, intensity),) = list(frame_images(ds, stored, voi))
+    if array.ndim == 3 and grey:
+        from PIL import Image
+
+        if array.dtype == np.uint8:
+            array = np.asarray(Image.fromarray(array).convert("L"))
+        else:
+            array = array.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return DicomImage(np.ascontiguousarray(array), intensity, _spacing(ds))
+
+
+def load_dicom_image(
+    path: Path, rel: str, *, voi: bool = True, grey: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, Intensity]:
+    """``read_dicom_image`` without the spacing: the DICOM branch of ``_common.load_image``."""
+    img = read_dicom_image(path, rel, voi=voi, grey=grey, max_pixels=max_pixels)
+    return img.array, img.intensity

@@ -1,0 +1,52 @@
+"""The ``dicom`` family's format options (``spec.format.options``; see the package docstring)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from medpclip.sources._common import Options, ReaderOptions
+
+
+class SeriesMasks(Options):
+    """One mask file per slice for series whose folder matches ``series`` (see the package docstring)."""
+
+    series: str
+    folder: str
+    files: str = "*.png"
+    encoding: Literal["threshold", "ranges"] = "threshold"
+    label: str | None = None
+    threshold: int = 127
+    ranges: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    order: Literal["reversed", "same"] = "reversed"
+    required: bool = True
+
+    @field_validator("series")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"invalid regex: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _encoding(self) -> SeriesMasks:
+        if self.encoding == "ranges" and not self.ranges:
+            raise ValueError("encoding 'ranges' needs 'ranges: {label: [lo, hi]}'")
+        if any(lo > hi for lo, hi in self.ranges.values()):
+            raise ValueError("each range needs lo <= hi")
+        return self
+
+
+class DicomOptions(ReaderOptions):
+    files: str | list[str] = "**/*"
+    volume_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR", "PT"])
+    voi: bool = True
+    segment_label: Literal["label", "property"] = "label"
+    ignore_labels: list[str] = Field(default_factory=list)
+    keep_localizers: bool = False
+    split_series_by_folder: bool = False
+    masks: list[SeriesMasks] = Field(default_factory=list)

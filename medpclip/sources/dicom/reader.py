@@ -1,0 +1,147 @@
+"""The family's ``read``: series, enhanced multi-frame and single-image items → Frames."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from medpclip.frame import Frame, Intensity, ReadError, SourceItem
+from medpclip.sources._common import existing, files_of, parse_options, raise_item_error
+from medpclip.sources.dicom.annotations import (
+    _add_mask_files,
+    _add_rtstruct,
+    _add_seg,
+    _annotation_datasets,
+    _Channels,
+    _Labeller,
+)
+from medpclip.sources.dicom.files import decode_pixels, frame_modality, read_dataset
+from medpclip.sources.dicom.functional_groups import _frame_view
+from medpclip.sources.dicom.geometry import Geometry, _geometry, _slice_geo, _spacing
+from medpclip.sources.dicom.intensity import _rescale_of, frame_images
+from medpclip.sources.dicom.options import DicomOptions
+from medpclip.sources.dicom.series import SeriesVolume, _Stack, load_series, volume_frames
+from medpclip.specs import DatasetSpec
+
+
+def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
+    raise_item_error(item)
+    opts = parse_options(spec, DicomOptions)
+    kind = item.meta_dict().get("kind")
+    if kind == "series":
+        yield from _read_series(spec, opts, raw_root, item)
+    elif kind == "enhanced":
+        yield from _read_enhanced(spec, opts, raw_root, item)
+    elif kind == "image":
+        yield from _read_image(spec, opts, raw_root, item)
+    else:
+        raise ReadError("bad_item", f"case '{item.case_id}' has unknown kind {kind!r}")
+
+
+def _read_series(spec: DatasetSpec, opts: DicomOptions, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
+    vol = load_series(raw_root, item, max_pixels=opts.max_pixels)
+    yield from _volume_frames(
+        spec, opts, raw_root, item, vol.stack, vol.geo, vol.sop_to_k, vol.intensity, vol.modality
+    )
+
+
+def _volume_frames(
+    spec: DatasetSpec,
+    opts: DicomOptions,
+    raw_root: Path,
+    item: SourceItem,
+    stack: np.ndarray,
+    geo: Geometry,
+    sop_to_k: dict[tuple[str, int | None], int],
+    intensity: Intensity,
+    modality: str | None,
+) -> Iterator[Frame]:
+    channels = _Channels(stack.shape)
+    label_of = _Labeller(spec, opts)
+    for role, rel, ds in _annotation_datasets(raw_root, item):
+        if role == "seg":
+            _add_seg(ds, rel, geo, sop_to_k, geo.shape, channels, label_of, opts.segment_label)
+        else:
+            _add_rtstruct(ds, rel, geo, sop_to_k, channels, label_of)
+    entry = item.meta_dict().get("masks")
+    if entry is not None:
+        _add_mask_files(spec, opts.masks[int(entry)], raw_root, item, channels)
+    vol = SeriesVolume(stack, geo, sop_to_k, intensity, modality)
+    yield from volume_frames(spec, item, vol, channels)
+
+
+def _read_enhanced(
+    spec: DatasetSpec, opts: DicomOptions, raw_root: Path, item: SourceItem
+) -> Iterator[Frame]:
+    (rel,) = files_of(item, "image")
+    ds = read_dataset(existing(raw_root, rel), rel)
+    stored = decode_pixels(ds, rel, opts.max_pixels)
+    n = int(ds.get("NumberOfFrames") or 1)
+    frames = stored if n > 1 else stored[None]
+    geos = [_slice_geo(ds, f) for f in range(frames.shape[0])]
+    ct = str(ds.get("Modality", "")).upper() == "CT"
+    try:
+        if any(g is None for g in geos):
+            raise ReadError("inconsistent_series", f"{rel}: frames without plane position/orientation")
+        geo, order = _geometry(geos, rel)
+    except ReadError:
+        # Not one volume (several stacks, phases or echoes): every frame as a native 2D image, in file order.
+        yield from _frames_as_images(spec, opts, raw_root, item, ds, frames, opts.voi)
+        return
+    views = [_frame_view(ds, f) for f in order]
+    rescale = [_rescale_of(v) for v in views]
+    stack = _Stack(geo.depth, geo.shape, rescale)
+    sop = str(ds.get("SOPInstanceUID", ""))
+    sop_to_k: dict[tuple[str, int | None], int] = {}
+    for k, f in enumerate(order):
+        stack.put(k, frames[f], views[k])
+        sop_to_k[(sop, f)] = k
+    yield from _volume_frames(
+        spec, opts, raw_root, item, stack.data, geo, sop_to_k, "hu" if ct else "raw", frame_modality(ds)
+    )
+
+
+def _frames_as_images(spec, opts, raw_root, item, ds, frames, voi) -> Iterator[Frame]:
+    stored = frames if frames.shape[0] > 1 else frames[0]
+    spacing = _spacing(ds)
+    step = spec.slicing.step
+    for f, (img, intensity) in enumerate(frame_images(ds, stored, voi)):
+        if f % step:
+            continue
+        yield Frame(
+            item=item, image=img, intensity=intensity, plane="im", slice_index=f, spacing_mm=spacing,
+            modality=frame_modality(ds),
+        )  # fmt: skip
+
+
+def _read_image(spec: DatasetSpec, opts: DicomOptions, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
+    (rel,) = files_of(item, "image")
+    ds = read_dataset(existing(raw_root, rel), rel)
+    stored = decode_pixels(ds, rel, opts.max_pixels)
+    n = int(ds.get("NumberOfFrames") or 1)
+    frames = stored if n > 1 else stored[None]
+    shape = tuple(frames.shape[1:3])
+    sop = str(ds.get("SOPInstanceUID", ""))
+    sop_to_k = {(sop, f if n > 1 else None): f for f in range(frames.shape[0])}
+    if n == 1:
+        sop_to_k[(sop, 0)] = 0
+    channels = _Channels((frames.shape[0], *shape))
+    label_of = _Labeller(spec, opts)
+    for role, arel, ads in _annotation_datasets(raw_root, item):
+        if role == "seg":
+            _add_seg(ads, arel, None, sop_to_k, shape, channels, label_of, opts.segment_label)
+    spacing = _spacing(ds)
+    for f, (img, intensity) in enumerate(frame_images(ds, stored, opts.voi)):
+        if f % spec.slicing.step:
+            continue
+        masks = []
+        for c, label in enumerate(channels.labels):
+            m = (channels.planes[c // 8][f] >> (c % 8)) & 1
+            if m.any():
+                masks.append((label, m.astype(bool)))
+        yield Frame(
+            item=item, image=img, intensity=intensity, plane="im", slice_index=f, spacing_mm=spacing,
+            masks=masks, modality=frame_modality(ds),
+        )  # fmt: skip
