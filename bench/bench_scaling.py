@@ -4,7 +4,7 @@ Data: generated 512×512×100 abdominal CT cases (``bench/volumes.py``, BTCV's 1
 case per work unit, cached under ``bench/data/scaling/``. Every build runs in a fresh child process (this
 module with ``--child``) that runs ``build_corpus``'s public steps in its order and times each: plan
 (``prepare_build``, ``force=True``, fresh output folder), ray start (``ray_session``: ``ray.init`` of a local
-Ray with ``num_cpus`` = K), units (``run_units``: one Ray Data task per unit), dedup (``settle_splits``),
+Ray with ``num_cpus`` = K), units (``run_units``: one Ray task per unit), dedup (``settle_splits``),
 ray stop (leaving ``ray_session``), finish (``finish_build``) and report (``write_report``).
 ``build_corpus`` itself keeps these timings only in the report's HTML, and a fresh process per build keeps
 one build's memory high-water marks out of the next one's.
@@ -17,8 +17,8 @@ one build's memory high-water marks out of the next one's.
    raylet, agents, dashboard head, monitor, prestarted workers: seconds), stopping it, and the driver-side
    finish (DuckDB dedup check, indexes, build.json, the HTML report with its contact sheets). The units
    phase has a fixed part of its own, reported as **start-up**: before the first task starts (a worker
-   takes the task's title, seen by the sampler below within 0.15 s), Ray Data starts two actors of its own
-   (``_StatsActor``, ``_AutoscalingCoordinatorActor``; each a fresh worker process that imports Ray Data);
+   takes the task's title, seen by the sampler below within 0.15 s) the first worker imports medpclip and
+   reads its case (until issue 8's change, Ray Data also started two actors of its own here: 1.4–3.2 s);
    **after** (first task started → last unit's row in the driver) is the part that 2 workers can halve. End-to-end times show how much of a
    small build the fixed costs are. Reported: medians over rounds and the medians of the per-round ratios
    t(K=1)/t(K=2) for units, after and end-to-end. 8 units on 2 workers reach 2× only if the units take
@@ -33,12 +33,12 @@ one build's memory high-water marks out of the next one's.
 2. **Memory** (goal: the 10× build peaks at ≤ 1.2× the 1× peak). ``cases`` and 10 × ``cases`` units with
    K = ``memory_cpus`` (``cases`` ≥ K, so that every task worker runs at 1× too). A thread of this process
    samples the child's whole process tree every 0.15 s (the driver and everything ``ray.init`` starts: GCS,
-   raylet, agents, monitor, dashboard head, log monitor, workers, Ray Data's actors — all its descendants):
+   raylet, agents, monitor, dashboard head, log monitor, workers, actors — all its descendants):
    (a) the largest simultaneous sum of RSS over the tree; (b) the sum over processes of each one's own
    high-water mark (``VmHWM`` in ``/proc/<pid>/status``), an upper bound since the peaks need not coincide.
    Both count shared pages (libraries, the object store) once per process that maps them, so they overstate
    what the machine spends, alike at 1× and 10×. Also reported, to show where the memory goes: the driver's
-   own high-water mark, the largest task worker's, and the sums over Ray Data's actors and Ray's services.
+   own high-water mark, the largest task worker's, and the sums over Ray actors and Ray's services.
 
 Usage: ``python -m bench.bench_scaling [cases [scaling_units [rounds [memory_cpus]]]]`` (defaults 3 8 3 2).
 """
@@ -69,7 +69,7 @@ MIB = 2**20
 CORES_ORDER = (
     "workers",
     "driver",
-    "ray data actors",
+    "ray actors",
     "ray services",
     "harness",
     "other processes",
@@ -83,7 +83,7 @@ CORES_ORDER = (
 
 def _describe(p: psutil.Process, driver_pid: int) -> tuple[str, str]:
     """(label, kind) of a process of a local Ray. Labels: ``gcs_server``, ``raylet``, a ``ray::…`` title
-    (workers: ``ray::IDLE``, ``ray::Map(run_unit_row)``…, Ray Data's actors, agents) or the script a Python service runs
+    (workers: ``ray::IDLE``, ``ray::run_unit_json``…, actors, agents) or the script a Python service runs
     (``monitor.py``, ``dashboard.py``, ``log_monitor.py``). A worker or agent shows its script until it sets
     its title, so the kind comes from either."""
     if p.pid == driver_pid:
@@ -95,8 +95,8 @@ def _describe(p: psutil.Process, driver_pid: int) -> tuple[str, str]:
     if cmd and cmd[0].startswith("ray::"):
         if cmd[0].endswith("Agent"):
             return cmd[0], "ray services"
-        # Ray Data's own actors (_StatsActor, _AutoscalingCoordinatorActor) live in worker processes too.
-        return cmd[0], "ray data actors" if cmd[0].startswith("ray::_") else "worker"
+        # Ray's internal actors (Ray Data's _StatsActor, …; none in a build since issue 8) are workers too.
+        return cmd[0], "ray actors" if cmd[0].startswith("ray::_") else "worker"
     script = next((Path(a).name for a in cmd[1:] if a.endswith(".py")), name)
     return script, "worker" if script == "default_worker.py" else "ray services"
 
@@ -159,7 +159,7 @@ class TreeSampler:
             if rec is None:
                 rec = self.procs[p.pid] = {"labels": [], "kind": kind, "max_rss": 0, "hwm": 0}
                 self.handles[p.pid] = p
-            if rec["kind"] != "ray data actors":  # an actor's worker shows ray::IDLE before its title
+            if rec["kind"] != "ray actors":  # an actor's worker shows ray::IDLE before its title
                 rec["kind"] = kind
             if label not in rec["labels"]:
                 rec["labels"].append(label)
@@ -194,7 +194,7 @@ class TreeSampler:
             "largest_worker_hwm_mib": round(max(hwm("worker")) / MIB, 1),
             "workers": sum(1 for r in procs if r["kind"] == "worker"),
             "ray_services_sum_hwm_mib": round(sum(hwm("ray services")) / MIB, 1),
-            "ray_data_actors_sum_hwm_mib": round(sum(hwm("ray data actors")) / MIB, 1),
+            "ray_actors_sum_hwm_mib": round(sum(hwm("ray actors")) / MIB, 1),
             "per_process": [
                 {
                     "labels": r["labels"],
@@ -248,7 +248,7 @@ def _cores(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
     """Average cores used between two snapshots, by whom. ``other processes`` is the machine's busy time
     less this tree and the harness: everyone else's work on the shared machine."""
     wall = b["t"] - a["t"]
-    used: dict[str, float] = {"workers": 0.0, "driver": 0.0, "ray data actors": 0.0, "ray services": 0.0}
+    used: dict[str, float] = {"workers": 0.0, "driver": 0.0, "ray actors": 0.0, "ray services": 0.0}
     for pid, (kind, cpu) in b["per_pid"].items():
         used["workers" if kind == "worker" else kind] += cpu - a["per_pid"].get(pid, (kind, 0.0))[1]
     used["harness"] = b["harness"] - a["harness"]
@@ -309,8 +309,8 @@ def child(spec_path: str, raw_root: str, out: str, num_cpus: str, report: str) -
         "units_rerun_by_dedup": len(again),
         "samples": build["totals"]["samples"],
         "unit_seconds": [round(u["seconds"], 3) for u in units],
-        # When the driver got each unit's row: not when the unit finished (Ray Data's iterator can hold a
-        # finished block back), so unit start times come from the harness's samples instead.
+        # When the driver got each unit's stats (ray.wait returns as a task ends); unit start times come
+        # from the harness's samples instead.
         "unit_done_s": [round(u["done_s"], 3) for u in units],
         "units_phase_wall_s": round(wall, 3),
         "units_phase_start_monotonic": before["mono"],
@@ -375,7 +375,7 @@ def run_build(spec: Path, raw: Path, name: str, num_cpus: int) -> dict[str, Any]
     result = json.loads(report.read_text())
     if sampler.first_task_at is None:
         raise RuntimeError(f"build {name}: no worker was ever seen running a task")
-    # Before the first unit starts: Ray Data's actors start, the first task's worker imports medpclip.
+    # Before the first unit starts: the first task's worker imports medpclip.
     started = sampler.first_task_at - result["units_phase_start_monotonic"]
     result.update(
         first_unit_started_s=round(started, 3),
@@ -539,7 +539,7 @@ def _print(result: dict[str, Any]) -> None:
         )
     m = result["memory"]
     print(f"memory (num_cpus={result['params']['memory_cpus']}), MiB")
-    head = ("data", "units", "sum RSS", "sum HWM", "driver", "worker", "data act", "ray svc")
+    head = ("data", "units", "sum RSS", "sum HWM", "driver", "worker", "actors", "ray svc")
     print(f"{head[0]:5s}" + "".join(f" {h:>8s}" for h in head[1:]))
     for name in ("1x", "10x"):
         r = m[name]
@@ -548,7 +548,7 @@ def _print(result: dict[str, Any]) -> None:
             r["sum_hwm_mib"],
             r["driver_hwm_mib"],
             r["largest_worker_hwm_mib"],
-            r["ray_data_actors_sum_hwm_mib"],
+            r["ray_actors_sum_hwm_mib"],
             r["ray_services_sum_hwm_mib"],
         )
         print(f"{name:5s} {r['units']:8d}" + "".join(f" {c:8.0f}" for c in cells))

@@ -8,6 +8,7 @@ above chance and far above the same model given prompts shuffled between regions
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from medpclip.cli import app
@@ -27,8 +29,20 @@ from medpclip.corpus.shards import iter_samples
 from medpclip.evaluate import COLUMNS, evaluate
 from medpclip.model import build_model
 from medpclip.model.medpclip import ModelConfig
-from medpclip.regions import tight_box
-from medpclip.train.data import DataConfig, DataStats, SampleMaker, TrainStream, shard_lists, train_loader
+from medpclip.regions import encode_rle, tight_box
+from medpclip.train.data import (
+    DataConfig,
+    DataStats,
+    SampleMaker,
+    TokenCache,
+    TrainStream,
+    View,
+    collate,
+    full_view,
+    random_view,
+    shard_lists,
+    train_loader,
+)
 from medpclip.train.loop import RUN_NAME, TrainConfig, latest_checkpoint, train, verified_step
 from medpclip.warehouse import query
 
@@ -167,12 +181,20 @@ def test_collation_shapes_and_seeded_stream(corpus, tokenizer):
         0 <= p["boxes"].min() and p["boxes"].max() <= 1 and 0 <= p["points"].min() and p["points"].max() <= 1
     )
     assert batch["stats"]["samples"] == 8
+    # cached token ids are the tokenizer's, repeats and all
+    texts = ["left kidney", "liver", "left kidney", "An axial CT image.", "liver"]
+    cache = TokenCache(tokenizer, max_size=2)
+    assert torch.equal(cache(texts), tokenizer(texts)) and torch.equal(
+        cache(texts[::-1]), tokenizer(texts[::-1])
+    )
+    assert len(cache._rows) == 2
     # valid slots come first in each row (the order of region_tokens)
     assert all(valid[i, : int(valid[i].sum())].all() for i in range(8))
     # the seed decides the stream: same seed, same batch; another seed, another batch
     again = next(iter(train_loader(corpus, cfg, tokenizer, batch_size=8, seed=0, num_workers=0)))
     other = next(iter(train_loader(corpus, cfg, tokenizer, batch_size=8, seed=1, num_workers=0)))
     assert again["keys"] == batch["keys"] and torch.equal(again["images"], batch["images"])
+    assert torch.equal(again["region_tokens"], batch["region_tokens"])
     assert other["keys"] != batch["keys"]
 
 
@@ -194,6 +216,109 @@ def test_bad_data_is_counted_never_fatal(corpus, tokenizer):
     )
     assert stream._make({"__key__": key, "png": png, "json": b"{"}, np.random.default_rng(0)) is None
     assert sum(v for k, v in stream.stats.counts.items() if k.startswith("bad_sample_")) == 2
+
+
+def _bilinear(src: np.ndarray, view) -> np.ndarray:
+    """Independent float reference of the View's map: edge-clamped bilinear at each output pixel centre's
+    source point ``x0 + (i + 0.5)·w/S``, 0 where that point is off the source, then the flips."""
+    s, (h, w) = view.size, src.shape[:2]
+    cx = view.x0 + (np.arange(s) + 0.5) * view.w / s
+    cy = view.y0 + (np.arange(s) + 0.5) * view.h / s
+
+    def axis(c, n):
+        i0 = np.floor(c - 0.5).astype(int)
+        f = c - 0.5 - i0
+        return np.clip(i0, 0, n - 1), np.clip(i0 + 1, 0, n - 1), f, (c >= 0) & (c < n)
+
+    x0, x1, fx, on_x = axis(cx, w)
+    y0, y1, fy, on_y = axis(cy, h)
+    a = src.astype(float).reshape(h, w, -1)
+    rows = a[y0] * (1 - fy)[:, None, None] + a[y1] * fy[:, None, None]
+    out = rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+    out *= (on_y[:, None] & on_x[None, :])[..., None]
+    out = out[:, ::-1] if view.hflip else out
+    return (out[::-1] if view.vflip else out).reshape(view.size, view.size, *src.shape[2:])
+
+
+def test_warp_puts_image_mask_box_and_points_on_the_same_pixels():
+    """The image warp (resize over the view's window, transform for the letterbox rims) and the mask warp
+    must sample the source at the same points, the ones ``View.map_xy`` inverts. A region that is a
+    vertical stripe in the red channel and a horizontal one in the green channel: after any view, a pixel is
+    on the warped mask exactly where both channels are ≥ 128 (bilinear crosses half-way at the stripe's
+    edge; antialiasing when shrinking keeps that crossing), and the region's box and points land on it."""
+    h, w = 30, 40  # not square: letterboxed, so views reach off the source and rims are resampled
+    region = np.zeros((h, w), bool)
+    region[9:17, 12:20] = True
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[:, 12:20, 0] = 255
+    rgb[9:17, :, 1] = 255
+    rgb[..., 2] = np.random.default_rng(0).integers(0, 256, (h, w))  # texture for the value check
+    points = [[15, 12], [16, 13], [2, 3], [30, 25]]  # two inside the region, two outside
+    record = {
+        "caption": "c",
+        "regions": [
+            {"rid": 0, "label": "r", "texts": ["r"], "mask_rle": encode_rle(region), "bbox": [12, 9, 20, 17],
+             "points": points, "point_labels": [1, 1, 0, 0]}
+        ],
+    }  # fmt: skip
+    png = io.BytesIO()
+    Image.fromarray(rgb).save(png, "PNG")
+    grey_png = io.BytesIO()
+    Image.fromarray(rgb[..., 0]).save(grey_png, "PNG")
+    rng = np.random.default_rng(1)
+    views = []
+    for size in (64, 224, 24):  # 24: the view shrinks the source, so resize antialiases
+        cfg = DataConfig(image_size=size, crop_scale=(0.2, 1.0), hflip=0.5, vflip=0.5)
+        views += [full_view(w, h, size), *(random_view(w, h, cfg, rng) for _ in range(40))]
+    views += [View(-7.3, -4.1, 21.7, 13.9, 64, True), View(35.5, 26.2, 9.0, 7.0, 64)]  # off an edge, a corner
+    checked = Counter()
+    for view in views:
+        image = view.warp(Image.open(png))
+        mask = view.warp_mask(region)
+        assert image.shape == (view.size, view.size, 3) and mask.shape == (view.size, view.size)
+        assert np.array_equal(mask, (image[..., 0] >= 128) & (image[..., 1] >= 128)), view
+        grey = view.warp(Image.open(grey_png))
+        assert grey.shape == (view.size, view.size) and np.array_equal(grey, image[..., 0])
+        if view.w <= view.size and view.h <= view.size:  # enlarged: bilinear within 1 grey level
+            assert np.abs(image - _bilinear(rgb, view)).max() <= 1 + 1e-9, view
+            checked["values"] += 1
+    # the sampler puts the region's prompts on the same pixels: its view is the first draw from its rng
+    for seed in range(60):
+        size = (64, 224, 24)[seed % 3]
+        for kind in ("mask", "box", "point"):
+            cfg = DataConfig(
+                image_size=size, kind_ratios={kind: 1}, box_jitter=0.0, intensity=0.0, crop_scale=(0.2, 1.0),
+                hflip=0.5, vflip=0.5,
+            )  # fmt: skip
+            view = random_view(w, h, cfg, np.random.default_rng(seed))
+            ex = SampleMaker(cfg)("k", png.getvalue(), record, np.random.default_rng(seed), DataStats())
+            image, mask = view.warp(Image.open(png)), view.warp_mask(region)
+            assert np.array_equal(ex.image, image)
+            if not ex.prompts:  # dropped as cropped out: nothing of the region is in view
+                assert not mask.any() or kind == "box"
+                continue
+            p = ex.prompts[0]
+            if kind == "mask":
+                assert np.array_equal(p.mask, mask)
+            elif kind == "box":  # the warped mask's tight box, to within nearest-neighbour rounding
+                assert np.abs(np.array(p.box) - tight_box(mask)).max() <= 1.0, (view, p.box)
+            else:
+                col, row = p.points[:, 0].astype(int), p.points[:, 1].astype(int)
+                assert np.array_equal(mask[row, col], p.point_labels == 1)
+                bright = (image[row, col, 0] >= 128) & (image[row, col, 1] >= 128)
+                assert np.array_equal(bright, p.point_labels == 1)
+            checked[kind] += 1
+    assert checked["values"] > 20 and min(checked[k] for k in ("mask", "box", "point")) > 40, checked
+    # collation: a grey image fills all three channels, an RGB one goes channels-first
+    evaluation, rng = SampleMaker(DataConfig(image_size=64), train=False), np.random.default_rng(0)
+    grey_ex = evaluation("g", grey_png.getvalue(), record, rng, DataStats())
+    rgb_ex = evaluation("c", png.getvalue(), record, rng, DataStats())
+    assert grey_ex.image.shape == (64, 64) and rgb_ex.image.shape == (64, 64, 3)
+    batch = collate([grey_ex, rgb_ex], lambda t: torch.zeros(len(t), 4, dtype=torch.long), 4, 8, 64)
+    images = batch["images"]
+    assert images.dtype == torch.uint8 and images.shape == (2, 3, 64, 64)
+    assert (images[0].numpy() == grey_ex.image).all()  # broadcast over the three channels
+    assert np.array_equal(images[1].numpy(), rgb_ex.image.transpose(2, 0, 1))
 
 
 # --- learning with Ray Train, killed and resumed -------------------------------------------------------------

@@ -7,7 +7,13 @@ The pipeline (webdataset over the corpus's tar shards, nothing else to prepare):
     → weighted mix of the datasets (weights = sample counts unless given)  → shuffle buffer
     → sample: decode PNG + record, pick ≤ R regions, pick each region's prompt kind, augment image and
       prompts with ONE geometric map (so prompts stay on their pixels)
-    → batch: uint8 images, prompt tensors, tokenised captions and region texts, concept labels
+    → batch: uint8 images (B, 3, S, S), prompt tensors, tokenised captions and region texts, concept labels
+
+Grey images (CT, MR, radiographs) stay one channel through warp and intensity jitter and are repeated into
+the three channels at collation, so an ``Example.image`` is (S, S) or (S, S, 3). The image warp is PIL's
+``resize`` over the view's window (bilinear, antialiased when it shrinks the source); masks take the
+source pixel under each output pixel's centre, the same sampling points (``View.source_axis``). Token ids
+are cached per text in each loader worker (region texts are templated, so nearly all are repeats).
 
 Region prompts follow the corpus rules (DESIGN §4, docs/FORMATS.md): a region given as a mask may be
 prompted by its mask, its box or its points; a box region by its box or its centre point; a point region
@@ -25,13 +31,14 @@ All randomness comes from generators seeded by (seed, start step, rank, loader w
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import io
 import json
 import logging
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,7 +163,8 @@ class View:
     """The window of the source image that becomes the S×S output, and the flips after it.
 
     Source continuous coordinates (pixel i spans [i, i+1)) map to output ones by
-    ``u = (x - x0) · S / w`` (then ``S - u`` if flipped), likewise for y."""
+    ``u = (x - x0) · S / w`` (then ``S - u`` if flipped), likewise for y. The warps sample the source at
+    the inverse of this map (:meth:`source_axis`), so image, masks, boxes and points share one map."""
 
     x0: float
     y0: float
@@ -179,14 +187,76 @@ class View:
         (u0, v0), (u1, v1) = self.map_xy(np.array([[box[0], box[1]], [box[2], box[3]]], dtype=np.float64))
         return min(u0, u1), min(v0, v1), max(u0, u1), max(v0, v1)
 
-    def warp(self, img: Image.Image, resample) -> np.ndarray:
-        extent = (self.x0, self.y0, self.x0 + self.w, self.y0 + self.h)
-        out = np.asarray(img.transform((self.size, self.size), Image.EXTENT, extent, resample=resample))
+    def source_axis(self, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        """Before the flips, along x (0) or y (1): the source coordinate of every output pixel's centre
+        (S,) and of every output pixel edge (S + 1,), the inverse of :meth:`map_xy`."""
+        start, extent = (self.x0, self.w) if axis == 0 else (self.y0, self.h)
+        step = extent / self.size
+        edges = start + np.arange(self.size + 1) * step
+        return start + (np.arange(self.size) + 0.5) * step, edges
+
+    def warp(self, img: Image.Image) -> np.ndarray:
+        """The 8-bit image (L or RGB) bilinearly resampled, antialiased where the view shrinks it; output
+        pixels whose centre falls off the source are 0 (the letterbox), as with ``transform(EXTENT)``."""
+        s = self.size
+        (cx, ex), (cy, ey) = self.source_axis(0), self.source_axis(1)
+        (ax, bx, fx, gx), (ay, by, fy, gy) = _spans(cx, ex, img.width), _spans(cy, ey, img.height)
+        if fx >= gx or fy >= gy:  # no output pixel wholly on the source (a sliver of it in view): rare
+            out = img.transform((s, s), Image.EXTENT, (ex[0], ey[0], ex[s], ey[s]), Image.BILINEAR)
+        elif (ax, bx, ay, by) == (fx, gx, fy, gy) == (0, s, 0, s):  # the common crop inside the image
+            out = img.resize((s, s), Image.BILINEAR, box=(ex[0], ey[0], ex[s], ey[s]))
+        else:
+            # resize() is ~3× faster than transform() (separable, fixed point) but needs its box on the
+            # source: it makes the pixels wholly on the source, transform() the ≤ 1-pixel rims around
+            # them whose centre is still on it (edge-clamped bilinear, as before), the rest stays 0
+            out = Image.new(img.mode, (s, s))
+            box = (ex[fx], ey[fy], ex[gx], ey[gy])
+            out.paste(img.resize((gx - fx, gy - fy), Image.BILINEAR, box=box), (fx, fy))
+            rims = ((ax, fx, ay, by), (gx, bx, ay, by), (ax, bx, ay, fy), (ax, bx, gy, by))
+            for u0, u1, v0, v1 in rims:
+                if u0 < u1 and v0 < v1:
+                    extent = (ex[u0], ey[v0], ex[u1], ey[v1])
+                    rim = img.transform((u1 - u0, v1 - v0), Image.EXTENT, extent, Image.BILINEAR)
+                    out.paste(rim, (u0, v0))
+        arr = np.asarray(out)
         if self.hflip:
-            out = out[:, ::-1]
+            arr = arr[:, ::-1]
         if self.vflip:
-            out = out[::-1]
-        return np.ascontiguousarray(out)
+            arr = arr[::-1]
+        return np.ascontiguousarray(arr)
+
+    def warp_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A boolean source mask (H, W) sampled at the source pixel under each output pixel's centre (the
+        image's sampling points), False off the source."""
+        rows, row_on = _nearest(self, 1, mask.shape[0])
+        cols, col_on = _nearest(self, 0, mask.shape[1])
+        # columns first: faster for both layouts, and decoded RLE masks are column-major
+        out = mask.take(cols, axis=1).take(rows, axis=0)
+        out[~row_on] = False
+        out[:, ~col_on] = False
+        return out
+
+
+def _spans(centres: np.ndarray, edges: np.ndarray, n: int) -> tuple[int, int, int, int]:
+    """Along one axis of a warp onto ``n`` source pixels: output pixels [a, b) have their centre on the
+    source, [f, g) ⊆ [a, b) their whole footprint (so [a, f) and [g, b) are at most one pixel each)."""
+    on = np.flatnonzero((centres >= 0) & (centres < n))
+    whole = np.flatnonzero((edges[:-1] >= 0) & (edges[1:] <= n))
+    if not len(on):
+        return 0, 0, 0, 0
+    a, b = int(on[0]), int(on[-1]) + 1
+    return (a, b, int(whole[0]), int(whole[-1]) + 1) if len(whole) else (a, b, 0, 0)
+
+
+@functools.lru_cache(maxsize=16)  # a sample's masks share its view (evaluation: all same-sized images)
+def _nearest(view: View, axis: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """In output order (flipped), along one axis: the source index under each output pixel's centre
+    (clipped, for take) and whether that centre is on the source."""
+    centres = view.source_axis(axis)[0]
+    on = (centres >= 0) & (centres < n)
+    index = np.clip(np.floor(centres), 0, n - 1).astype(np.intp)
+    flip = view.hflip if axis == 0 else view.vflip
+    return (index[::-1], on[::-1]) if flip else (index, on)
 
 
 def full_view(width: int, height: int, size: int) -> View:
@@ -230,16 +300,18 @@ class Prompt:
 class Example:
     key: str
     dataset: str
-    image: np.ndarray  # (S, S, 3) uint8
+    image: np.ndarray  # uint8 (S, S) grey or (S, S, 3) RGB; collate makes both 3-channel
     caption: str
     prompts: list[Prompt]
     record: dict
 
 
 def decode_image(png: bytes) -> Image.Image:
+    """The PNG as 8-bit grey (L) or RGB. Grey (CT, MR, radiographs) stays one channel through warp and
+    jitter, a third of the work; ``collate`` repeats it into the three channels the model takes."""
     img = Image.open(io.BytesIO(png))
     img.load()
-    return img.convert("RGB") if img.mode != "RGB" else img
+    return img if img.mode in ("L", "RGB") else img.convert("RGB")
 
 
 def _allowed_kinds(region: dict) -> list[str]:
@@ -250,11 +322,30 @@ def _allowed_kinds(region: dict) -> list[str]:
     return ["point"]
 
 
-def _pick_kind(allowed: list[str], ratios: dict[str, float], rng: np.random.Generator) -> str | None:
-    w = np.array([max(0.0, float(ratios.get(k, 0.0))) for k in allowed])
+def _cdf(weights) -> list[float] | None:
+    """Cumulative distribution for :func:`_draw`, built as ``Generator.choice`` builds it (None: all 0)."""
+    w = np.asarray(weights, dtype=np.float64)
     if w.sum() <= 0:
         return None
-    return allowed[int(rng.choice(len(allowed), p=w / w.sum()))]
+    cdf = np.cumsum(w / w.sum())
+    return (cdf / cdf[-1]).tolist()
+
+
+def _draw(cdf: list[float], rng: np.random.Generator) -> int:
+    """``rng.choice(len(p), p=p)``'s draw (one uniform, searched in the same cdf), so streams are the ones
+    ``choice`` gives, without its ~20 µs of per-call checks, paid several times per sample."""
+    return bisect.bisect_right(cdf, rng.random())
+
+
+@functools.lru_cache(maxsize=64)
+def _kind_cdf(allowed: tuple[str, ...], ratios: tuple[tuple[str, float], ...]) -> list[float] | None:
+    r = dict(ratios)
+    return _cdf([max(0.0, float(r.get(k, 0.0))) for k in allowed])
+
+
+def _pick_kind(allowed: list[str], ratios: dict[str, float], rng: np.random.Generator) -> str | None:
+    cdf = _kind_cdf(tuple(allowed), tuple(sorted(ratios.items())))
+    return None if cdf is None else allowed[_draw(cdf, rng)]
 
 
 def _central_point(mask: np.ndarray, rng: np.random.Generator | None) -> np.ndarray | None:
@@ -293,7 +384,7 @@ class SampleMaker:
         view = (
             random_view(width, height, cfg, rng) if self.train else full_view(width, height, cfg.image_size)
         )
-        image = view.warp(img, Image.BILINEAR)
+        image = view.warp(img)
         if self.train and cfg.intensity > 0:
             image = _jitter_intensity(image, cfg.intensity, rng)
         regions = list(record.get("regions") or [])
@@ -338,7 +429,7 @@ class SampleMaker:
             except Exception as e:  # noqa: BLE001 — any broken RLE is the same data error
                 stats.add("dropped_bad_rle", detail=f"{region.get('label')}: {e}")
                 return None
-            mask = view.warp(Image.fromarray(src.astype(np.uint8) * 255), Image.NEAREST) > 127
+            mask = view.warp_mask(src)
             if not mask.any():
                 stats.add("dropped_cropped_out")
                 return None
@@ -400,14 +491,44 @@ class SampleMaker:
 
 
 def _jitter_intensity(image: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """Contrast about the mean and brightness, on uint8. The map depends on a pixel's value only, so it is
+    a 256-entry table: one lookup per pixel instead of float32 arithmetic on the whole image."""
     contrast = 1.0 + rng.uniform(-amount, amount)
     brightness = rng.uniform(-amount, amount) * 255
     mean = image.mean()
-    out = (image.astype(np.float32) - mean) * contrast + mean + brightness
-    return np.clip(out, 0, 255).round().astype(np.uint8)
+    lut = (np.arange(256, dtype=np.float32) - mean) * contrast + mean + brightness
+    return np.clip(lut, 0, 255).round().astype(np.uint8).take(image)
 
 
 # --- collation -----------------------------------------------------------------------------------------------
+
+
+class TokenCache:
+    """``tokenizer(texts)`` with each distinct text tokenised once while it stays among the ``max_size``
+    most recent: region texts are templated (a few hundred strings over all regions), so nearly every one
+    is a hit. Needs a tokenizer whose rows do not depend on the rest of the batch (open_clip's pad every
+    text to the context length)."""
+
+    def __init__(self, tokenizer: Callable, max_size: int = 4096):
+        self.tokenizer = tokenizer
+        self.max_size = max_size
+        self._rows: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        if not texts:
+            return self.tokenizer(texts)
+        rows = self._rows
+        missing = [t for t in dict.fromkeys(texts) if t not in rows]
+        if missing:
+            for text, row in zip(missing, self.tokenizer(missing), strict=True):
+                rows[text] = row.clone()  # not a view: would keep the whole batch tensor alive
+        out = []
+        for text in texts:
+            rows.move_to_end(text)
+            out.append(rows[text])
+        while len(rows) > self.max_size:
+            rows.popitem(last=False)
+        return torch.stack(out)
 
 
 def collate(
@@ -418,6 +539,7 @@ def collate(
     r = max(1, max((len(e.prompts) for e in examples), default=1)) if max_regions <= 0 else max_regions
     kinds = torch.full((b, r), NO_REGION, dtype=torch.long)
     masks = torch.zeros(b, r, size, size, dtype=torch.uint8)
+    masks_np = masks.numpy()  # numpy writes cast bool → uint8 in place, no temporary per mask
     boxes = torch.zeros(b, r, 4)
     points = torch.zeros(b, r, max_points, 2)
     point_labels = torch.full((b, r, max_points), -1, dtype=torch.long)
@@ -426,7 +548,7 @@ def collate(
         for j, p in enumerate(e.prompts[:r]):
             kinds[i, j] = KIND_INDEX[p.kind]
             if p.mask is not None:
-                masks[i, j] = torch.from_numpy(p.mask.astype(np.uint8))
+                masks_np[i, j] = p.mask
             if p.box is not None:
                 boxes[i, j] = torch.tensor(p.box) / size
             if p.points is not None:
@@ -436,7 +558,10 @@ def collate(
             region_texts.append(p.text)
             region_labels.append(stable_id(p.concept))
             region_meta.append({"key": e.key, "rid": p.rid, "concept": p.concept})
-    images = torch.from_numpy(np.stack([e.image for e in examples])).permute(0, 3, 1, 2).contiguous()
+    images = torch.empty(b, 3, size, size, dtype=torch.uint8)
+    images_np = images.numpy()
+    for i, e in enumerate(examples):  # channels-first in one copy; a grey image fills all three
+        images_np[i] = e.image if e.image.ndim == 2 else e.image.transpose(2, 0, 1)
     captions = [e.caption for e in examples]
     caption_tokens = tokenizer(captions)
     return {
@@ -495,7 +620,7 @@ class TrainStream(IterableDataset):
     ):
         super().__init__()
         self.cfg = cfg
-        self.tokenizer = tokenizer
+        self.tokenizer = TokenCache(tokenizer)  # one per loader worker (the dataset is copied into each)
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
@@ -506,7 +631,7 @@ class TrainStream(IterableDataset):
             raise DataError("every dataset has weight 0")
         self.urls = {d: shards[d][0] for d in self.datasets}
         w = np.array([shards[d][1] if weights is None else weights[d] for d in self.datasets], dtype=float)
-        self.probs = w / w.sum()
+        self.cdf = _cdf(w)
         self.maker = SampleMaker(cfg, train=True)
         self.stats = DataStats()
 
@@ -527,7 +652,7 @@ class TrainStream(IterableDataset):
         buffer: list[dict] = []
         batch: list[Example] = []
         while True:
-            i = int(rng.choice(len(sources), p=self.probs))
+            i = _draw(self.cdf, rng)
             raw = next(sources[i])  # resampled: never ends
             buffer.append(raw)
             if len(buffer) < self.cfg.shuffle_buffer:
