@@ -15,12 +15,16 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.pixels import apply_modality_lut, apply_windowing
+from pydicom.pixels import apply_modality_lut, apply_windowing, pack_bits
 from pydicom.uid import (
     MPEG2MPML,
     CTImageStorage,
     EnhancedCTImageStorage,
+    EnhancedXAImageStorage,
     ExplicitVRLittleEndian,
+    SegmentationStorage,
+    UltrasoundImageStorage,
+    UltrasoundMultiFrameImageStorage,
     generate_uid,
 )
 
@@ -415,10 +419,13 @@ def test_polygon_fill_keeps_pixel_centres_inside_or_on_the_contour():
 # --- enhanced multi-frame ----------------------------------------------------------------------------------
 
 
-def _enhanced_ct(path: Path) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """Four frames in the file order z = 10, 0, 15, 5 mm, each with its own rescale in the per-frame
-    Pixel Value Transformation. Returns the true HU volume (k ascending in z) and the per-frame rescales."""
-    zs, rescale = [10.0, 0.0, 15.0, 5.0], [(2.0, -1000.0), (1.0, -1024.0), (0.5, -10.0), (1.0, 0.0)]
+def _enhanced_ct(
+    path: Path, zs=(10.0, 0.0, 15.0, 5.0), spacing: dict[int, tuple[float, float]] | None = None
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Four 4×5 frames in the file order z = 10, 0, 15, 5 mm (or ``zs``), each with its own rescale in the
+    per-frame Pixel Value Transformation; pixel spacing 0.8 mm in the shared Pixel Measures, per-frame where
+    ``spacing`` says. Returns the true HU volume (k ascending in z) and the per-frame rescales."""
+    rescale = [(2.0, -1000.0), (1.0, -1024.0), (0.5, -10.0), (1.0, 0.0)]
     stored = np.stack([np.arange(20, dtype=np.int16).reshape(4, 5) * (f + 1) + 100 for f in range(4)])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
@@ -439,11 +446,15 @@ def _enhanced_ct(path: Path) -> tuple[np.ndarray, list[tuple[float, float]]]:
     shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = [orientation], [measures]
     ds.SharedFunctionalGroupsSequence = [shared]
     per = []
-    for z, (slope, intercept) in zip(zs, rescale, strict=True):
+    for f, (z, (slope, intercept)) in enumerate(zip(zs, rescale, strict=True)):
         item, position, pvt = Dataset(), Dataset(), Dataset()
         position.ImagePositionPatient = [0.0, 0.0, z]
         pvt.RescaleSlope, pvt.RescaleIntercept, pvt.RescaleType = slope, intercept, "HU"
         item.PlanePositionSequence, item.PixelValueTransformationSequence = [position], [pvt]
+        if spacing and f in spacing:
+            own = Dataset()
+            own.PixelSpacing, own.SliceThickness = list(spacing[f]), 5.0
+            item.PixelMeasuresSequence = [own]
         per.append(item)
     ds.PerFrameFunctionalGroupsSequence = per
     ds.PixelData = stored.astype("<i2").tobytes()
@@ -466,6 +477,183 @@ def test_enhanced_ct_uses_per_frame_rescale_and_positions(tmp_path):
     for f in frames:
         assert f.intensity == "hu" and f.spacing_mm == (0.8, 0.8)
         assert np.array_equal(f.image, truth[f.slice_index])
+
+
+def _new_dataset(sop_class: str, modality: str, series_uid: str | None = None) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = modality, "PAT-0003"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), series_uid or generate_uid()
+    return ds
+
+
+def _grey_frames(ds: Dataset, frames: np.ndarray) -> None:
+    """8-bit MONOCHROME2 pixel data: (n, rows, cols) as n frames, (rows, cols) as a single-frame image."""
+    if frames.ndim == 3:
+        ds.NumberOfFrames = frames.shape[0]
+    ds.Rows, ds.Columns = frames.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = frames.astype(np.uint8).tobytes()
+
+
+def _write_seg(
+    path: Path, masks: list[np.ndarray], refs: list[tuple[str, int | None]], series_uid: str
+) -> None:
+    """A BINARY SEG with one segment 'Liver': frame i is ``masks[i]``, derived from ``refs[i]`` = (SOP Instance
+    UID, ReferencedFrameNumber or None). No plane positions: only the references can place its frames."""
+    ds = _new_dataset(SegmentationStorage, "SEG")
+    ds.SegmentationType = "BINARY"
+    ds.NumberOfFrames, (ds.Rows, ds.Columns) = len(masks), masks[0].shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    segment = Dataset()
+    segment.SegmentNumber, segment.SegmentLabel = 1, "Liver"
+    ds.SegmentSequence = [segment]
+    series = Dataset()
+    series.SeriesInstanceUID, series.ReferencedInstanceSequence = series_uid, []
+    for sop in dict.fromkeys(sop for sop, _ in refs):
+        instance = Dataset()
+        instance.ReferencedSOPInstanceUID = sop
+        series.ReferencedInstanceSequence.append(instance)
+    ds.ReferencedSeriesSequence = [series]
+    per = []
+    for sop, frame in refs:
+        item, ident, deriv, source = Dataset(), Dataset(), Dataset(), Dataset()
+        ident.ReferencedSegmentNumber = 1
+        source.ReferencedSOPInstanceUID = sop
+        if frame is not None:
+            source.ReferencedFrameNumber = frame
+        deriv.SourceImageSequence = [source]
+        item.SegmentIdentificationSequence, item.DerivationImageSequence = [ident], [deriv]
+        per.append(item)
+    ds.PerFrameFunctionalGroupsSequence = per
+    ds.PixelData = pack_bits(np.stack(masks).astype(np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _masks(n: int, shape=(4, 5)) -> list[np.ndarray]:
+    """``n`` different masks: mask i covers the first i + 1 pixels in raster order."""
+    return [np.arange(shape[0] * shape[1]).reshape(shape) <= i for i in range(n)]
+
+
+def test_enhanced_frames_that_are_no_volume_keep_their_seg_masks(tmp_path):
+    """Two phases at z 0 and 5 mm: no volume, so every frame is a 2D image; the SEG's (SOP, frame) references
+    still place its masks (they used to vanish without a reject)."""
+    _enhanced_ct(tmp_path / "DCM" / "phases" / "ct.dcm", zs=(0.0, 5.0, 0.0, 5.0))
+    ct = pydicom.dcmread(tmp_path / "DCM" / "phases" / "ct.dcm")
+    a, b = _masks(2)
+    refs = [(ct.SOPInstanceUID, 3), (ct.SOPInstanceUID, 2)]  # 1-based frame numbers
+    _write_seg(tmp_path / "DCM" / "phases" / "seg.dcm", [a, b], refs, ct.SeriesInstanceUID)
+    spec = _spec()
+    item = _items(spec, tmp_path)["phases/ct"]
+    assert item.meta_dict() == {"kind": "enhanced"} and [f.role for f in item.files] == ["image", "seg"]
+    frames = _read(spec, tmp_path, item)
+    assert [(f.plane, f.slice_index) for f in frames] == [("im", f) for f in range(4)]
+    assert [[label for label, _ in f.masks] for f in frames] == [[], ["liver"], ["liver"], []]
+    assert np.array_equal(frames[2].masks[0][1], a) and np.array_equal(frames[1].masks[0][1], b)
+
+
+def test_rtstruct_on_enhanced_frames_that_are_no_volume_is_unmatched(tmp_path):
+    """Contours are placed by slice geometry, which frames that form no volume lack: the case is rejected with
+    the reason, not read without the RTSTRUCT."""
+    _enhanced_ct(tmp_path / "DCM" / "phases" / "ct.dcm", zs=(0.0, 5.0, 0.0, 5.0))
+    ct = pydicom.dcmread(tmp_path / "DCM" / "phases" / "ct.dcm")
+    rt = pydicom.dcmread(_real("rtstruct.dcm"), force=True)  # a raw dataset: no preamble
+    refs = rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    refs.RTReferencedSeriesSequence[0].SeriesInstanceUID = ct.SeriesInstanceUID
+    rt.save_as(tmp_path / "DCM" / "phases" / "rtstruct.dcm")
+    spec = _spec()
+    item = _items(spec, tmp_path)["phases/ct"]
+    assert [f.role for f in item.files] == ["image", "rtstruct"]
+    with pytest.raises(ReadError) as e:
+        _read(spec, tmp_path, item)
+    assert e.value.reason == "unmatched_annotation"
+    assert e.value.detail.startswith("DCM/phases/rtstruct.dcm: RTSTRUCT contours need a volume")
+    assert "position(s) repeat" in e.value.detail
+
+
+def test_seg_is_held_to_max_pixels_before_decoding(tmp_path):
+    """An 80-pixel enhanced CT with a 160-pixel SEG: ``max_pixels: 100`` refuses the SEG from its header."""
+    _enhanced_ct(tmp_path / "DCM" / "enhanced" / "ct.dcm")
+    ct = pydicom.dcmread(tmp_path / "DCM" / "enhanced" / "ct.dcm")
+    refs = [(ct.SOPInstanceUID, f) for f in (1, 2, 3, 4, 1, 2, 3, 4)]
+    _write_seg(tmp_path / "DCM" / "enhanced" / "seg.dcm", _masks(8), refs, ct.SeriesInstanceUID)
+    item = _items(_spec(), tmp_path)["enhanced/ct"]
+    assert any(f.masks for f in _read(_spec(), tmp_path, item))  # the default limit reads it
+    with pytest.raises(ReadError) as e:
+        _read(_spec(max_pixels=100), tmp_path, item)
+    assert e.value.reason == "too_large"
+    assert e.value.detail.startswith("DCM/enhanced/seg.dcm: the header claims a 8 x 4 x 5 x 1 image")
+
+
+def test_enhanced_frames_read_as_images_get_their_functional_group_spacing(tmp_path):
+    """Enhanced files keep pixel spacing only in the functional groups: shared, per-frame (which wins), or for
+    XA/XRF the detector's ImagerPixelSpacing in Frame Pixel Data Properties."""
+    _enhanced_ct(tmp_path / "DCM" / "mixed" / "ct.dcm", zs=(0.0, 5.0, 10.0, 15.0), spacing={2: (0.6, 0.9)})
+    xa = _new_dataset(EnhancedXAImageStorage, "XA")
+    _grey_frames(xa, np.arange(40).reshape(2, 4, 5))
+    shared, pixels = Dataset(), Dataset()
+    pixels.ImagerPixelSpacing = [0.2, 0.3]
+    shared.FramePixelDataPropertiesSequence = [pixels]
+    xa.SharedFunctionalGroupsSequence = [shared]
+    xa.save_as(tmp_path / "DCM" / "xa.dcm", enforce_file_format=True)
+    spec = _spec()
+    items = _items(spec, tmp_path)
+    assert items["mixed/ct"].meta_dict() == {"kind": "enhanced"}
+    assert items["xa"].meta_dict() == {"kind": "image"}
+    frames = _read(spec, tmp_path, items["mixed/ct"])  # frame 2's own spacing: no volume, 2D images
+    assert [f.plane for f in frames] == ["im"] * 4
+    assert [f.spacing_mm for f in frames] == [(0.8, 0.8), (0.8, 0.8), (0.6, 0.9), (0.8, 0.8)]
+    assert [f.spacing_mm for f in _read(spec, tmp_path, items["xa"])] == [(0.2, 0.3)] * 2
+
+
+# --- multi-frame images (cine, US, XA): frames as 2D images ------------------------------------------------
+
+
+def _us(path: Path, frames: np.ndarray) -> Dataset:
+    ds = _new_dataset(UltrasoundMultiFrameImageStorage if frames.ndim == 3 else UltrasoundImageStorage, "US")
+    _grey_frames(ds, frames + 10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def test_seg_reference_without_frame_number_is_to_every_frame_of_a_multiframe_image(tmp_path):
+    """PS3.3 Table 10-3: ReferencedFrameNumber is required only when a reference to a multi-frame image does
+    not apply to all its frames. Without it the SEG frame goes on every frame (it used to match none); on a
+    single-frame image, on that frame, with or without the number."""
+    cine = _us(tmp_path / "DCM" / "cine" / "us.dcm", np.zeros((3, 4, 5), np.uint8))
+    (a,) = _masks(1)
+    _write_seg(
+        tmp_path / "DCM" / "cine" / "seg.dcm", [a], [(cine.SOPInstanceUID, None)], cine.SeriesInstanceUID
+    )
+    still = _us(tmp_path / "DCM" / "still" / "us.dcm", np.zeros((4, 5), np.uint8))
+    for n, frame in enumerate((None, 1)):
+        refs = [(still.SOPInstanceUID, frame)]
+        _write_seg(tmp_path / "DCM" / "still" / f"seg{n}.dcm", [a], refs, still.SeriesInstanceUID)
+    spec = _spec()
+    items = _items(spec, tmp_path)
+    frames = _read(spec, tmp_path, items["cine/us"])
+    assert [f.slice_index for f in frames] == [0, 1, 2]
+    for f in frames:
+        ((label, mask),) = f.masks
+        assert label == "liver" and np.array_equal(mask, a)
+    (frame,) = _read(spec, tmp_path, items["still/us"])
+    assert [label for label, _ in frame.masks] == ["liver", "liver"]  # one per SEG
+    assert all(np.array_equal(mask, a) for _, mask in frame.masks)
+
+    # two frames of one segment that each claim every frame: which is whose only a frame number can say
+    refs = [(cine.SOPInstanceUID, None)] * 2
+    _write_seg(tmp_path / "DCM" / "cine" / "seg.dcm", _masks(2), refs, cine.SeriesInstanceUID)
+    with pytest.raises(ReadError) as e:
+        _read(spec, tmp_path, _items(spec, tmp_path)["cine/us"])
+    assert e.value.reason == "unmatched_annotation" and "ReferencedFrameNumber" in e.value.detail
 
 
 # --- broken input ------------------------------------------------------------------------------------------

@@ -55,17 +55,21 @@ Geometry and intensity:
   mirrored within their stored range (``lo + hi − x``), so higher values are brighter in every output and the
   Frame contract needs no "invert" flag.
 - Multi-frame images that are not volumes (cine, US, XA, or enhanced frames without distinct positions) give one
-  ``im`` frame per frame, ``slice_index`` = frame number (0-based).
+  ``im`` frame per frame, ``slice_index`` = frame number (0-based), with the frame's own pixel spacing (enhanced
+  files keep it in the functional groups).
 
 Annotations (files in the same dataset folder):
 
 - DICOM SEG: each frame is matched to its source slice by the referenced SOP Instance UID (and frame number),
-  else by its ``ImagePositionPatient``; segments become named masks (BINARY as is, FRACTIONAL ≥ 50 %). A SEG
-  frame the source lacks → ``unmatched_annotation``; of another size → ``shape_mismatch``.
+  else by its ``ImagePositionPatient``; segments become named masks (BINARY as is, FRACTIONAL ≥ 50 %). On the
+  frames of a multi-frame image that is no volume only the reference places it; one without a frame number is
+  to every frame (PS3.3 Table 10-3). A SEG frame the source lacks → ``unmatched_annotation``; of another size →
+  ``shape_mismatch``; ``max_pixels`` holds for SEGs as for images.
 - RTSTRUCT: CLOSED_PLANAR contours are rasterized on the slice they lie on (the referenced SOP UID, else the
   slice within half a slice gap of the contour's plane): pixel centres inside or on the polygon; several
   contours of one ROI on one slice combine by XOR (inner contours are holes). POINT and OPEN contours
-  (isocentres, markers) are no region and are skipped.
+  (isocentres, markers) are no region and are skipped. An RTSTRUCT on frames that are no volume →
+  ``unmatched_annotation``.
 - An annotation whose referenced series is not under the dataset folder → ``missing_file``.
 
 Read errors (reason codes): ``not_dicom``, ``no_pixel_data``, ``unsupported_transfer_syntax``,

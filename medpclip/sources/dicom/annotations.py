@@ -79,8 +79,8 @@ class _SegFrame:
     mask: np.ndarray
 
 
-def _seg_frames(ds: Dataset, rel: str) -> list[_SegFrame]:
-    arr = decode_pixels(ds, rel)
+def _seg_frames(ds: Dataset, rel: str, max_pixels: int) -> list[_SegFrame]:
+    arr = decode_pixels(ds, rel, max_pixels)
     if arr.ndim == 2:
         arr = arr[None]
     # NumberOfFrames decides how many frames there are; pydicom's liver_1frame.dcm keeps three per-frame items
@@ -143,7 +143,7 @@ def _fill_polygon(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) ->
     return out
 
 
-fill_polygon = _fill_polygon  # public name for sibling readers (sources.contours)
+fill_polygon = _fill_polygon  # public name for sibling modules (sources._shapes)
 
 
 def _contour_points(contour: Dataset) -> np.ndarray | None:
@@ -204,10 +204,15 @@ def _add_seg(
     ch: _Channels,
     label_of,
     segment_mode: str,
+    max_pixels: int,
+    all_frames: dict[str, range] | None = None,
 ) -> None:
+    """SEG frames → channels, each on the stack index its (SOP, frame) reference or its position gives.
+    ``all_frames``: the stack indices of each multi-frame image whose frames are no volume, by SOP UID."""
     names = _segment_names(ds, segment_mode)
     channel: dict[int, int | None] = {}
-    for fr in _seg_frames(ds, rel):
+    whole: set[int] = set()  # segments with a frame on every frame of an image
+    for fr in _seg_frames(ds, rel, max_pixels):
         if fr.segment not in channel:
             raw = names.get(fr.segment, f"segment {fr.segment}")
             label = label_of(raw)
@@ -222,10 +227,23 @@ def _add_seg(
             k = sop_to_k.get((fr.sop, None))
         if k is None and fr.position is not None and geo is not None:
             k = geo.slice_at(fr.position)
-        if k is None:
+        ks = [k] if k is not None else []
+        if not ks and fr.src_frame is None and all_frames and fr.sop in all_frames:
+            # PS3.3 Table 10-3: ReferencedFrameNumber is absent from a reference to a multi-frame image when
+            # it applies to all frames. Two such frames of one segment would each claim every frame.
+            if fr.segment in whole:
+                raise ReadError(
+                    "unmatched_annotation",
+                    f"{rel}: several frames of segment {fr.segment} reference all frames of one multi-frame "
+                    "image; each needs its ReferencedFrameNumber",
+                )
+            whole.add(fr.segment)
+            ks = list(all_frames[fr.sop])
+        if not ks:
             raise ReadError("unmatched_annotation", f"{rel}: a SEG frame matches no image of the case")
         if fr.mask.any():
-            ch.set(c, k, fr.mask)
+            for k in ks:
+                ch.set(c, k, fr.mask)
 
 
 def _annotation_datasets(raw_root: Path, item: SourceItem) -> list[tuple[str, str, Dataset]]:

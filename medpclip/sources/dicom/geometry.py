@@ -136,9 +136,20 @@ def _slice_geo(ds: Dataset, frame: int | None = None) -> _SliceGeo | None:
     return _SliceGeo(pos, ori, (float(spacing[0]), float(spacing[1])), shape, _float(thick, 0.0) or None)
 
 
-def _spacing(ds: Dataset) -> tuple[float, float] | None:
-    for key in ("PixelSpacing", "ImagerPixelSpacing"):
-        v = ds.get(key)
+# Where a frame's pixel spacing is: PixelSpacing (in the patient) before the detector's ImagerPixelSpacing, each
+# in the frame's functional groups (enhanced files keep it only there: Pixel Measures, or for XA/XRF Frame
+# Pixel Data Properties) or at the top level (classic files).
+_SPACING_AT = (
+    ("PixelMeasuresSequence", "PixelSpacing"), (None, "PixelSpacing"),
+    ("FramePixelDataPropertiesSequence", "ImagerPixelSpacing"), (None, "ImagerPixelSpacing"),
+)  # fmt: skip
+
+
+def _spacing(ds: Dataset, frame: int = 0) -> tuple[float, float] | None:
+    """(between rows, between columns) mm of one frame, or None when the file gives none."""
+    for macro, key in _SPACING_AT:
+        src = ds if macro is None else _group(ds, frame, macro)
+        v = src.get(key) if src is not None else None
         if v is not None and len(v) == 2:
             r, c = _float(v[0], 0.0), _float(v[1], 0.0)
             if r > 0 and c > 0:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from medpclip.frame import Frame, Intensity, ReadError, SourceItem
 from medpclip.sources._common import existing, files_of, parse_options, raise_item_error
@@ -62,7 +63,9 @@ def _volume_frames(
     label_of = _Labeller(spec, opts)
     for role, rel, ds in _annotation_datasets(raw_root, item):
         if role == "seg":
-            _add_seg(ds, rel, geo, sop_to_k, geo.shape, channels, label_of, opts.segment_label)
+            _add_seg(
+                ds, rel, geo, sop_to_k, geo.shape, channels, label_of, opts.segment_label, opts.max_pixels
+            )
         else:
             _add_rtstruct(ds, rel, geo, sop_to_k, channels, label_of)
     entry = item.meta_dict().get("masks")
@@ -86,9 +89,9 @@ def _read_enhanced(
         if any(g is None for g in geos):
             raise ReadError("inconsistent_series", f"{rel}: frames without plane position/orientation")
         geo, order = _geometry(geos, rel)
-    except ReadError:
+    except ReadError as e:
         # Not one volume (several stacks, phases or echoes): every frame as a native 2D image, in file order.
-        yield from _frames_as_images(spec, opts, raw_root, item, ds, frames, opts.voi)
+        yield from _frames_as_images(spec, opts, raw_root, item, rel, ds, stored, e.detail)
         return
     views = [_frame_view(ds, f) for f in order]
     rescale = [_rescale_of(v) for v in views]
@@ -103,23 +106,25 @@ def _read_enhanced(
     )
 
 
-def _frames_as_images(spec, opts, raw_root, item, ds, frames, voi) -> Iterator[Frame]:
-    stored = frames if frames.shape[0] > 1 else frames[0]
-    spacing = _spacing(ds)
-    step = spec.slicing.step
-    for f, (img, intensity) in enumerate(frame_images(ds, stored, voi)):
-        if f % step:
-            continue
-        yield Frame(
-            item=item, image=img, intensity=intensity, plane="im", slice_index=f, spacing_mm=spacing,
-            modality=frame_modality(ds),
-        )  # fmt: skip
-
-
 def _read_image(spec: DatasetSpec, opts: DicomOptions, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
     (rel,) = files_of(item, "image")
     ds = read_dataset(existing(raw_root, rel), rel)
     stored = decode_pixels(ds, rel, opts.max_pixels)
+    yield from _frames_as_images(spec, opts, raw_root, item, rel, ds, stored, f"{rel} is read as 2D images")
+
+
+def _frames_as_images(
+    spec: DatasetSpec,
+    opts: DicomOptions,
+    raw_root: Path,
+    item: SourceItem,
+    rel: str,
+    ds: Dataset,
+    stored: np.ndarray,
+    no_volume: str,
+) -> Iterator[Frame]:
+    """Every frame of one file as a native 2D image, in file order, with the masks of its SEGs: placed by the
+    (SOP, frame) they reference, as there is no volume to place them by position (``no_volume`` says why)."""
     n = int(ds.get("NumberOfFrames") or 1)
     frames = stored if n > 1 else stored[None]
     shape = tuple(frames.shape[1:3])
@@ -127,12 +132,17 @@ def _read_image(spec: DatasetSpec, opts: DicomOptions, raw_root: Path, item: Sou
     sop_to_k = {(sop, f if n > 1 else None): f for f in range(frames.shape[0])}
     if n == 1:
         sop_to_k[(sop, 0)] = 0
+    all_frames = {sop: range(frames.shape[0])} if n > 1 else None
     channels = _Channels((frames.shape[0], *shape))
     label_of = _Labeller(spec, opts)
     for role, arel, ads in _annotation_datasets(raw_root, item):
         if role == "seg":
-            _add_seg(ads, arel, None, sop_to_k, shape, channels, label_of, opts.segment_label)
-    spacing = _spacing(ds)
+            _add_seg(
+                ads, arel, None, sop_to_k, shape, channels, label_of, opts.segment_label, opts.max_pixels,
+                all_frames,
+            )  # fmt: skip
+        else:  # contours are placed by slice geometry (discovery refuses them on single images up front)
+            raise ReadError("unmatched_annotation", f"{arel}: RTSTRUCT contours need a volume; {no_volume}")
     for f, (img, intensity) in enumerate(frame_images(ds, stored, opts.voi)):
         if f % spec.slicing.step:
             continue
@@ -142,6 +152,6 @@ def _read_image(spec: DatasetSpec, opts: DicomOptions, raw_root: Path, item: Sou
             if m.any():
                 masks.append((label, m.astype(bool)))
         yield Frame(
-            item=item, image=img, intensity=intensity, plane="im", slice_index=f, spacing_mm=spacing,
+            item=item, image=img, intensity=intensity, plane="im", slice_index=f, spacing_mm=_spacing(ds, f),
             masks=masks, modality=frame_modality(ds),
         )  # fmt: skip
