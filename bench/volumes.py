@@ -41,6 +41,8 @@ ORGANS = (
     (12, "right adrenal gland", 30, (0.40, 0.56, 0.60), (0.012, 0.02, 0.05)),
     (13, "left adrenal gland", 30, (0.61, 0.56, 0.60), (0.012, 0.02, 0.05)),
 )
+TUBE = 0.5  # a z semi-axis this long (aorta, IVC) is a tube, so every slice has a region above the minimum
+VERSION = 2  # of the generator: part of the cache stamp, so changed volumes are never mixed with old ones
 VERTEBRA_HU = 700  # unlabelled bone: present in the pixels, absent from the label map (as in BTCV)
 
 
@@ -59,14 +61,15 @@ def case_volumes(case: int, size: int = 512, slices: int = 100) -> tuple[np.ndar
     for value, _, organ_hu, centre, semi in ORGANS:
         cx, cy, cz = (c + rng.uniform(-0.02, 0.02) for c in centre)
         sx, sy, sz = (s * rng.uniform(0.85, 1.15) for s in semi)
-        z_in = np.flatnonzero(np.abs(zz - cz) < sz)
+        z_in = np.arange(slices) if sz >= TUBE else np.flatnonzero(np.abs(zz - cz) < sz)
         if z_in.size == 0:
             continue
         y0, y1 = max(int((cy - sy) * size), 0), min(int((cy + sy) * size) + 2, size)
         x0, x1 = max(int((cx - sx) * size), 0), min(int((cx + sx) * size) + 2, size)
         d2 = ((xx[y0:y1, x0:x1] - cx) / sx) ** 2 + ((yy[y0:y1, x0:x1] - cy) / sy) ** 2
         for z in z_in:
-            shrink = 1 - ((zz[z] - cz) / sz) ** 2  # ellipsoid cross-section at this height
+            # vessels are tubes through the whole scan; organs ellipsoids (cross-section shrinks to the tips)
+            shrink = 1.0 if sz >= TUBE else 1 - ((zz[z] - cz) / sz) ** 2
             inside = d2 <= shrink
             labels[y0:y1, x0:x1, z][inside] = value
             hu[y0:y1, x0:x1, z][inside] = organ_hu
@@ -123,7 +126,7 @@ def write_ct_dataset(
     folder = root / FOLDER
     spec_path = root / "bench_ct.yaml"
     stamp = folder / ".complete"
-    want = f"{n_cases} {size} {slices}"
+    want = f"v{VERSION} {n_cases} {size} {slices}"
     if stamp.is_file() and stamp.read_text() == want and spec_path.is_file():
         return spec_path
     affine = _stored_affine(size)
