@@ -28,7 +28,9 @@ import platform
 import shutil
 import statistics
 import sys
+import tarfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import nibabel as nib
@@ -125,11 +127,19 @@ def medpclip_build(raw_root: Path, out: Path) -> dict:
     finish_build(plan)
     finish_s = time.perf_counter() - t
     files = [p for p in out.rglob("*") if p.is_file() and "report" not in p.parts]
+    members = Counter()
+    for tar in out.glob("shards/*/*/*.tar"):
+        with tarfile.open(tar) as t:
+            for m in t:
+                members[m.name.rsplit(".", 1)[-1]] += m.size
     return {
         "samples": sum(s["n_samples"] for s in stats),
         "regions": sum(s["n_regions"] for s in stats),
         "bytes": sum(p.stat().st_size for p in files),
         "files": len(files),
+        "shard_bytes": sum(p.stat().st_size for p in out.glob("shards/*/*/*.tar")),
+        "shard_member_bytes": dict(sorted(members.items())),
+        "manifest_bytes": sum(p.stat().st_size for p in out.glob("manifests/**/*.parquet")),
         "finish_s": finish_s,
     }
 
@@ -159,6 +169,7 @@ def main(rounds: int = 3, n_cases: int = 4) -> dict:
         "data": f"{n_cases} generated CT volumes 512x512x100, 13 labels (bench/volumes.py)",
         "rounds": rounds,
         "samples_per_round": samples,
+        "raw_bytes": sum(p.stat().st_size for p in (raw_root / FOLDER).rglob("*.nii.gz")),
         "seconds": {k: [round(s, 3) for s in v] for k, v in seconds.items()},
         "samples_per_s_per_core": {k: round(statistics.median(v), 1) for k, v in rate.items()},
         "medpclip_vs_floor": round(

@@ -1,9 +1,22 @@
-"""`make bench`: run every benchmark in this folder, one after the other (never in parallel: shared cores).
-The warehouse benchmark generates 1.1 GB of manifests the first time (~3 min, cached in bench/data/)."""
+"""`make bench`: every benchmark in this folder, one after the other (never in parallel: shared cores), then
+the projection that combines their results. About 12 minutes on the 2-core machine once the generated data
+is cached (first run: + ~3 min of CT volumes for build/scaling, + ~3 min of warehouse manifests, 1.1 GB)."""
 
-from bench import bench_harmonize, bench_warehouse, text_throughput
+from bench import (
+    bench_build,
+    bench_harmonize,
+    bench_loader,
+    bench_scaling,
+    bench_warehouse,
+    projection,
+    text_throughput,
+)
 
 if __name__ == "__main__":
     bench_harmonize.main()
+    bench_build.main()
+    bench_scaling.main()
+    bench_loader.main()
     text_throughput.main()
     bench_warehouse.main()
+    projection.main()
