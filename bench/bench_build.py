@@ -37,6 +37,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from bench.common import save_result
 from bench.volumes import FOLDER, write_ct_dataset
 from medpclip import imaging
 from medpclip.corpus.build import finish_build, prepare_build
@@ -45,7 +46,6 @@ from medpclip.corpus.unit import run_unit
 from medpclip.specs import load_spec_file
 
 DATA = Path(__file__).parent / "data" / "build"
-RESULTS = Path(__file__).parent / "results" / "build.json"
 MAX_SIDE = 512
 PNG_LEVEL = SampleParams().png_compress_level
 EIGHT = np.ones((3, 3), bool)
@@ -191,8 +191,7 @@ def main(rounds: int = 3, n_cases: int = 4) -> dict:
     print(
         f"medpclip / floor: {result['medpclip_vs_floor']}   medpclip / naive: {result['medpclip_vs_naive']}"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    save_result("build", result)
     return result
 
 

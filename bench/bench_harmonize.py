@@ -11,16 +11,14 @@ Reports medians over rounds and the ratio floor/sample (fraction of the floor's 
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from bench.common import ct_spec
+from bench.common import ct_spec, save_result
 from medpclip import imaging, regions
 from medpclip.corpus.sample import SampleParams, encode_png, make_sample
 from medpclip.corpus.schema import stable_json
@@ -112,8 +110,7 @@ def main(rounds: int = 5, frames_per_round: int = 20) -> dict:
     for k in stages:
         print(f"{k:10s} {result['median_ms_per_frame'][k]:10.2f} {result['frames_per_s_per_core'][k]:14.1f}")
     print(f"sample rate / floor rate (median of per-round ratios): {result['sample_vs_floor_rate_median']}")
-    out = Path(__file__).parent / "results" / "harmonize.json"
-    out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    save_result("harmonize", result)
     return result
 
 

@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import functools
 import gc
-import json
 import multiprocessing
 import os
 import platform
@@ -51,6 +50,7 @@ import open_clip_train.data as oc_data
 import torch
 import webdataset
 
+from bench.common import save_result
 from medpclip.train.data import DataConfig, shard_lists, train_loader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,8 +210,7 @@ def main(rounds: int = 5, samples_per_round: int = 3072, workers: int = 2, batch
         f"ours / stock, median of per-round ratios: {result['ours_vs_stock_median']} samples/s, "
         f"{result['ours_vs_stock_cpu_median']} per CPU-second (goal >= 1.0)"
     )
-    out = Path(__file__).parent / "results" / "loader.json"
-    out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    save_result("loader", result)
     return result
 
 

@@ -59,11 +59,11 @@ from typing import Any
 
 import psutil
 
+from bench.common import save_result
 from bench.volumes import FOLDER, write_ct_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data" / "scaling"
-RESULT = ROOT / "bench" / "results" / "scaling.json"
 SAMPLE_EVERY_S = 0.15
 MIB = 2**20
 CORES_ORDER = (
@@ -429,7 +429,7 @@ def main(cases: int = 3, scaling_units: int = 8, rounds: int = 3, memory_cpus: i
     }
     result = summarize(params, runs, memory)
     _print(result)
-    RESULT.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    save_result("scaling", result)
     return result
 
 
@@ -556,7 +556,7 @@ def _print(result: dict[str, Any]) -> None:
         f"10x/1x: peak sum RSS {m['ratio_peak_sum_rss']:.2f}, sum of HWM {m['ratio_sum_hwm']:.2f}"
         f" (goal <= {m['goal_ratio']})"
     )
-    print(f"-> {RESULT.relative_to(ROOT)}")
+    print("-> bench/results/scaling.json")
 
 
 if __name__ == "__main__":

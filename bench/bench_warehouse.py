@@ -22,6 +22,7 @@ from pathlib import Path
 
 import duckdb
 
+from bench.common import save_result
 from medpclip.corpus.schema import REGIONS, SAMPLES
 from medpclip.warehouse import connect
 
@@ -172,8 +173,7 @@ def main(scale: float = 1.0) -> dict:
     print(f"{'query':36s} {'median s':>9s} {'rows':>8s}")
     for name, r in results.items():
         print(f"{name:36s} {r['median_s']:9.3f} {r['rows']:8d}")
-    dest = Path(__file__).parent / "results" / f"warehouse-{scale:g}.json"
-    dest.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+    save_result(f"warehouse-{scale:g}", out)
     return out
 
 

@@ -1,8 +1,21 @@
-"""What several benchmarks share: the synthetic CT spec their generated frames belong to."""
+"""What several benchmarks share: where results go, and the synthetic CT spec of generated frames."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from medpclip.specs import DatasetSpec, parse_spec
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def save_result(name: str, result: dict) -> Path:
+    """``bench/results/{name}.json``: sorted keys and a final newline, so reruns diff cleanly."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def ct_spec(labels: list[str]) -> DatasetSpec:

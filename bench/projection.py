@@ -18,9 +18,9 @@ and the input bandwidth that takes is printed so it can be checked against the s
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from bench.common import RESULTS, save_result
+
 IMAGES, REGIONS = 6.4e6, 97.3e6
 NODES, CORES_PER_NODE = 16, 32
 HARMONIZE_REGIONS_PER_FRAME = 19.05  # bench_harmonize's frames: 10 labels × 1–3 components, measured
@@ -80,7 +80,7 @@ def main() -> dict:
     }
     for k, v in result.items():
         print(f"{k:38s} {v}")
-    (RESULTS / "projection.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    save_result("projection", result)
     return result
 
 

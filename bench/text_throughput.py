@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import ct_spec
+from bench.common import ct_spec, save_result
 from medpclip.corpus.sample import SampleParams, make_sample
 from medpclip.frame import Box, Frame, SourceFile, SourceItem
 from medpclip.specs import parse_spec
@@ -196,8 +196,7 @@ def main(rounds: int = 5, n_sentences: int = 4000) -> dict:
         f"report linking: {result['report_linking_ms']} ms per 5-sentence report, radiograph frame "
         f"{result['cxr_frame_with_report_ms']} ms ({result['report_linking_share_of_frame']:.1%})"
     )
-    out = Path(__file__).parent / "results" / "text_throughput.json"
-    out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    save_result("text_throughput", result)
     return result
 
 

@@ -13,15 +13,16 @@ and ``root/bench_ct.yaml`` (the spec the build reads). Output is byte-determinis
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import yaml
 
+from medpclip.demo import nifti_gz
+
 FOLDER = "Task91_BenchAbdomenCT"
+LEVEL = 1  # gzip level of most converters (dcm2niix -z y)
 SPACING = (0.8, 0.8, 2.5)
 
 # label value, label (BTCV's), HU, centre (x, y as a fraction of the side; z as a fraction of the height),
@@ -85,15 +86,6 @@ def _stored_affine(size: int) -> np.ndarray:
     )
 
 
-def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    # level 1 like most converters (dcm2niix -z y); mtime 0 keeps the bytes deterministic
-    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
-
-
 def spec_dict(unit_items: int = 1) -> dict:
     btcv = yaml.safe_load((Path(__file__).parents[1] / "dataset_specs" / "btcv.yaml").read_text())
     assert {e["value"]: e["label"] for e in btcv["labels"]} == {v: label for v, label, *_ in ORGANS}
@@ -136,8 +128,10 @@ def write_ct_dataset(
     for i, case in enumerate(cases):
         hu, labels = case_volumes(i, size, slices)
         # stored LPS: both in-plane axes flipped (the reader reorients to canonical)
-        (folder / "imagesTr" / f"{case}.nii.gz").write_bytes(_nifti_gz(hu[::-1, ::-1].copy(), affine))
-        (folder / "labelsTr" / f"{case}.nii.gz").write_bytes(_nifti_gz(labels[::-1, ::-1].copy(), affine))
+        (folder / "imagesTr" / f"{case}.nii.gz").write_bytes(nifti_gz(hu[::-1, ::-1].copy(), affine, LEVEL))
+        (folder / "labelsTr" / f"{case}.nii.gz").write_bytes(
+            nifti_gz(labels[::-1, ::-1].copy(), affine, LEVEL)
+        )
     meta = {
         "name": "BenchAbdomenCT",
         "tensorImageSize": "3D",

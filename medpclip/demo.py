@@ -200,13 +200,14 @@ def ct_stored_affine() -> np.ndarray:
     )
 
 
-def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
+def nifti_gz(data: np.ndarray, affine: np.ndarray, compresslevel: int = 6) -> bytes:
+    """A .nii.gz file's bytes with qform = sform = ``affine`` (mm), the same bytes on every run."""
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     # nibabel's own .nii.gz writer stores the current time in the gzip header: compress it ourselves
-    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+    return gzip.compress(img.to_bytes(), compresslevel=compresslevel, mtime=0)
 
 
 def _to_stored(canonical: np.ndarray) -> np.ndarray:
@@ -218,13 +219,13 @@ def write_demo_ct(folder: Path) -> Path:
     for case in (*CT_TRAIN_CASES, *CT_TEST_CASES):
         hu, labels = ct_case_volumes(case)
         sub = "imagesTs" if case in CT_TEST_CASES else "imagesTr"
-        _write(folder / sub / f"{case}.nii.gz", _nifti_gz(_to_stored(hu), affine))
+        _write(folder / sub / f"{case}.nii.gz", nifti_gz(_to_stored(hu), affine))
         if case in CT_TEST_CASES:
             continue
         stored = _to_stored(labels)
         if case == CT_FLOAT_LABEL_CASE:
             stored = stored.astype(np.float32)
-        _write(folder / "labelsTr" / f"{case}.nii.gz", _nifti_gz(stored, affine))
+        _write(folder / "labelsTr" / f"{case}.nii.gz", nifti_gz(stored, affine))
     # AppleDouble resource fork left by macOS tar: not a NIfTI file
     _write(folder / CT_JUNK_FILE, b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(4064))
     order = np.random.default_rng(7).permutation(len(CT_TRAIN_CASES))  # MSD lists are not sorted
