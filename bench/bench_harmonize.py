@@ -62,14 +62,14 @@ def floor(frame: Frame) -> None:
     encode_png(imaging.window_ct(frame.image, "abdomen"), 6)
 
 
-def regions_only(frame: Frame) -> None:
-    regions.extract_regions(
+def regions_only(frame: Frame) -> list[regions.Region]:
+    return regions.extract_regions(
         frame.shape,
         label_map=frame.label_map,
         label_values=frame.label_values,
         min_area_px=regions.min_area(SIZE, SIZE, 0.0005, 16),
         rng_for=lambda k: np.random.default_rng(0),
-    )
+    )[0]
 
 
 def sample(frame: Frame) -> None:
@@ -102,6 +102,7 @@ def main(rounds: int = 5, frames_per_round: int = 20) -> dict:
         "frame": f"{SIZE}x{SIZE} CT, {N_LABELS} labels",
         "rounds": rounds,
         "frames_per_round": frames_per_round,
+        "regions_per_frame": round(sum(len(regions_only(f)) for f in frames) / len(frames), 2),
         "median_ms_per_frame": {k: round(v * 1e3, 2) for k, v in med.items()},
         "frames_per_s_per_core": {k: round(1 / v, 1) for k, v in med.items()},
         "sample_vs_floor_rate_median": round(statistics.median(ratios), 3),
