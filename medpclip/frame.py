@@ -81,9 +81,12 @@ class Frame:
     ``image`` is (H, W) or (H, W, 3); ``intensity`` says what its values mean: ``hu`` (CT Hounsfield units),
     ``raw`` (scanner values, any dtype, normalised later) or ``uint8`` (display-ready, e.g. a JPEG).
     ``label_map`` is an integer (H, W) map whose values ``label_values`` names; ``masks`` are named binary
-    (H, W) masks (several may share a label: they stay separate annotations). Boxes and points are in this
-    frame's pixel coordinates. ``modality`` is set where a dataset mixes modalities (AMOS: CT and MR cases
-    under one spec); ``None`` means the spec's modality.
+    (H, W) masks (several may share a label: they stay separate annotations). ``mask_annotators`` says who
+    drew each mask where the dataset says (LIDC's readers): empty, or one entry (or None) per mask, in order.
+    It is a list beside ``masks`` rather than a third element of each pair so that every reader and consumer
+    that unpacks ``(label, mask)`` stays as it is. Boxes and points carry their annotator themselves and are
+    in this frame's pixel coordinates. ``modality`` is set where a dataset mixes modalities (AMOS: CT and MR
+    cases under one spec); ``None`` means the spec's modality.
     """
 
     item: SourceItem
@@ -95,6 +98,7 @@ class Frame:
     label_map: np.ndarray | None = None
     label_values: dict[int, str] = field(default_factory=dict)
     masks: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    mask_annotators: list[str | None] = field(default_factory=list)  # empty, or one per mask
     boxes: list[Box] = field(default_factory=list)
     points: list[Point] = field(default_factory=list)
     image_labels: list[str] = field(default_factory=list)

@@ -123,6 +123,7 @@ def extract_regions(
     label_map: np.ndarray | None = None,
     label_values: dict[int, str] | None = None,
     masks: Sequence[tuple[str, np.ndarray]] = (),
+    mask_annotators: Sequence[str | None] = (),
     boxes: Iterable[Box] = (),
     points: Iterable[Point] = (),
     min_area_px: int,
@@ -132,9 +133,10 @@ def extract_regions(
 ) -> tuple[list[Region], list[Drop]]:
     """Regions of one frame of ``shape`` (h, w), sorted by (label in order of first appearance, instance).
 
-    ``rng_for(f"{label}/{instance}")`` seeds each mask region's points. Bad annotations become drops, never
-    exceptions: unknown_label_value, non_integer_label_map, mask_shape_mismatch, below_min_area, invalid_box,
-    box_outside_image, point_outside_image.
+    ``mask_annotators`` is empty or one per mask (Frame.mask_annotators): every instance of a mask gets its
+    mask's annotator. ``rng_for(f"{label}/{instance}")`` seeds each mask region's points. Bad annotations
+    become drops, never exceptions: unknown_label_value, non_integer_label_map, mask_shape_mismatch,
+    below_min_area, invalid_box, box_outside_image, point_outside_image.
     """
     h, w = int(shape[0]), int(shape[1])
     acc = _Accumulator()
@@ -143,7 +145,9 @@ def extract_regions(
         for label, crop_sl, crop_mask in _label_map_masks(label_map, label_values or {}, (h, w), acc):
             _add_mask_instances(acc, label, crop_mask, crop_sl, (h, w), min_area_px, rng_for, n_pos, n_neg)
 
-    for label, mask in masks:
+    # strict: annotators that do not pair one to one with the masks are a reader's bug, never guessed at
+    annotators = mask_annotators or (None,) * len(masks)
+    for (label, mask), annotator in zip(masks, annotators, strict=True):
         mask = np.asarray(mask)
         if mask.shape[:2] != (h, w) or mask.ndim != 2:
             acc.drop(label, "mask_shape_mismatch", f"mask {_shape_str(mask.shape)} != image {h}x{w}")
@@ -151,7 +155,7 @@ def extract_regions(
         mask = mask.astype(bool, copy=False)
         x0, y0, x1, y1 = tight_box(mask)
         sl = (slice(y0, y1), slice(x0, x1))
-        _add_mask_instances(acc, label, mask[sl], sl, (h, w), min_area_px, rng_for, n_pos, n_neg)
+        _add_mask_instances(acc, label, mask[sl], sl, (h, w), min_area_px, rng_for, n_pos, n_neg, annotator)
 
     for box in boxes:
         _add_box(acc, box, (h, w), min_area_px)
@@ -287,7 +291,9 @@ def _components(mask: np.ndarray) -> list[tuple[tuple[slice, slice], np.ndarray]
     return [(found[i], lab[found[i]] == i + 1) for i in order]
 
 
-def _add_mask_instances(acc, label, crop_mask, crop_sl, shape, min_area_px, rng_for, n_pos, n_neg):
+def _add_mask_instances(
+    acc, label, crop_mask, crop_sl, shape, min_area_px, rng_for, n_pos, n_neg, annotator=None
+):
     comps = _components(crop_mask)
     first = acc.take_instances(label, len(comps))
     oy, ox = crop_sl[0].start, crop_sl[1].start
@@ -311,6 +317,7 @@ def _add_mask_instances(acc, label, crop_mask, crop_sl, shape, min_area_px, rng_
                 points=pts,
                 point_labels=pls,
                 mask_rle=acc.encode_rle_at(shape, full_sl, comp),
+                annotator=annotator,
             )
         )
 

@@ -16,7 +16,8 @@ from pycocotools import mask as mask_utils
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from medpclip import regions
+from medpclip import imaging, regions
+from medpclip.corpus.sample import SampleParams, make_sample
 from medpclip.frame import Frame, ReadError, SourceItem
 from medpclip.specs import DatasetSpec, parse_spec, resolve_spec, resolve_specs
 
@@ -36,6 +37,7 @@ def _regions(frame: Frame):
         label_map=frame.label_map,
         label_values=frame.label_values,
         masks=frame.masks,
+        mask_annotators=frame.mask_annotators,
         boxes=frame.boxes,
         points=frame.points,
         min_area_px=1,
@@ -210,10 +212,11 @@ def test_lidc_masks_holes_points_and_slices(tmp_path):
     # reader masks: one mask per reader and slice, each the nodule's fill without outline and hole
     at = frames[k[-125.0]]
     assert [lab for lab, _ in at.masks] == ["nodule", "nodule"]
+    assert at.mask_annotators == ["reader1", "reader2"]  # each reader's mask names its reader
     assert np.array_equal(at.masks[0][1], case["truth"][("reader1", k[-125.0])])
     assert np.array_equal(at.masks[1][1], case["truth"][("reader2", k[-125.0])])
     z_only = frames[k[-122.5]]  # found by imageZposition (no SOP UID in the roi)
-    assert [lab for lab, _ in z_only.masks] == ["nodule"]
+    assert [lab for lab, _ in z_only.masks] == ["nodule"] and z_only.mask_annotators == ["reader1"]
     assert np.array_equal(z_only.masks[0][1], case["truth"][("reader1", k[-122.5])])
     # the < 3 mm nodule: a point at its pixel, with its reader
     (point,) = frames[k[-127.5]].points
@@ -225,7 +228,32 @@ def test_lidc_masks_holes_points_and_slices(tmp_path):
     found, drops = _regions(top)
     assert found == [] and [(d.label, d.reason) for d in drops] == [("nodule", "invalid_box")]
     found, drops = _regions(at)
-    assert [(r.label, r.kind, r.instance) for r in found] == [("nodule", "mask", 0), ("nodule", "mask", 1)]
+    assert [(r.label, r.kind, r.instance, r.annotator) for r in found] == [
+        ("nodule", "mask", 0, "reader1"), ("nodule", "mask", 1, "reader2"),
+    ]  # fmt: skip
+
+
+def test_lidc_sample_records_keep_each_readers_mask_with_its_reader(tmp_path):
+    """Through make_sample, which resizes the masks (32 -> 24 px): each region record is the resized mask of
+    the reader it names."""
+    case = _lidc_case(tmp_path)
+    spec = resolve_spec("lidc_idri")
+    (item,) = items_of(spec, tmp_path).values()
+    frames = {f.slice_index: f for f in frames_of(spec, tmp_path, item)}
+    k = case["k_of_z"]
+    for z, readers in ((-125.0, ["reader1", "reader2"]), (-122.5, ["reader1"])):
+        sample, drops = make_sample(
+            frames[k[z]], spec, SampleParams(max_side=24), key="lidc", split="train", source_files=[]
+        )
+        assert not drops
+        records = sample.record["regions"]
+        assert (sample.record["height"], sample.record["width"]) == (24, 24)
+        assert [(r["kind"], r["instance"], r["annotator"]) for r in records] == [
+            ("mask", i, reader) for i, reader in enumerate(readers)
+        ]
+        for r in records:
+            truth = imaging.resize_labels(case["truth"][(r["annotator"], k[z])], (24, 24))
+            assert np.array_equal(regions.decode_rle(r["mask_rle"]), truth)
 
 
 def test_lidc_boxes_with_annotators_non_nodules_and_flipped_rows(tmp_path):
@@ -280,14 +308,14 @@ def test_lidc_repeated_slice_and_bad_inputs(tmp_path):
 # --- MoNuSeg -------------------------------------------------------------------------------------------------
 
 
-def _monuseg_xml(regions_xy: list[list[tuple[float, float]]]) -> str:
+def _monuseg_xml(recordsxy: list[list[tuple[float, float]]]) -> str:
     out = ['<?xml version="1.0"?>\n<Annotations MicronsPerPixel="0.252100">']
     out.append('<Annotation Id="1" Name="" ReadOnly="0" LineColor="65280" Visible="1" Type="4"><Attributes>')
     out.append(
         '<Attribute Name="Description" Id="0" Value=""/></Attributes><Regions><RegionAttributeHeaders>'
     )
     out.append('<AttributeHeader Id="9999" Name="Region" ColumnWidth="-1"/></RegionAttributeHeaders>')
-    for n, pts in enumerate(regions_xy, start=1):
+    for n, pts in enumerate(recordsxy, start=1):
         out.append(
             f'<Region Id="{n}" Type="0" Zoom="0.5" Selected="0" NegativeROA="0" Analyze="1"><Attributes/>'
         )
@@ -758,7 +786,7 @@ def test_lidc_and_iu_xray_build_end_to_end(tmp_path, ray_session):
     from medpclip.warehouse import query
 
     raw, out = tmp_path / "raw", tmp_path / "corpus"
-    _lidc_case(raw)
+    case = _lidc_case(raw)
     _iu_xray(raw)
     build_corpus(resolve_specs("lidc_idri,iu_xray"), raw, out, max_side=64)
     assert check_corpus(out).problems == []
@@ -766,9 +794,14 @@ def test_lidc_and_iu_xray_build_end_to_end(tmp_path, ray_session):
     assert samples == {"lidc_idri": 3, "iu_xray": 3}  # LIDC: the 3 slices with a region; IU: 3 images
     kinds = query(
         out,
-        "SELECT kind, annotator, count(*) FROM regions WHERE dataset = 'lidc_idri' GROUP BY ALL ORDER BY ALL",
+        "SELECT s.slice_index, r.kind, r.annotator FROM regions r JOIN samples s USING (key) "
+        "WHERE r.dataset = 'lidc_idri' ORDER BY ALL",
     )[1]
-    assert kinds == [("mask", None, 3), ("point", "reader1", 1)]
+    k = case["k_of_z"]  # every region names its reader: masks one per reader and slice, the point its own
+    assert kinds == sorted([
+        (k[-125.0], "mask", "reader1"), (k[-125.0], "mask", "reader2"), (k[-122.5], "mask", "reader1"),
+        (k[-127.5], "point", "reader1"),
+    ])  # fmt: skip
     reports = query(out, "SELECT report_text FROM samples WHERE dataset = 'iu_xray' ORDER BY key")[1]
     assert reports[0][0].startswith("FINDINGS: The heart is enlarged.") and reports[2][0].startswith(
         "IMPRESSION:"

@@ -502,10 +502,11 @@ def _grey_frames(ds: Dataset, frames: np.ndarray) -> None:
 
 
 def _write_seg(
-    path: Path, masks: list[np.ndarray], refs: list[tuple[str, int | None]], series_uid: str
+    path: Path, masks: list[np.ndarray], refs: list[tuple[str, int | list[int] | None]], series_uid: str
 ) -> None:
     """A BINARY SEG with one segment 'Liver': frame i is ``masks[i]``, derived from ``refs[i]`` = (SOP Instance
-    UID, ReferencedFrameNumber or None). No plane positions: only the references can place its frames."""
+    UID, ReferencedFrameNumber — one, several or None). No plane positions: only the references can place its
+    frames."""
     ds = _new_dataset(SegmentationStorage, "SEG")
     ds.SegmentationType = "BINARY"
     ds.NumberOfFrames, (ds.Rows, ds.Columns) = len(masks), masks[0].shape
@@ -654,6 +655,41 @@ def test_seg_reference_without_frame_number_is_to_every_frame_of_a_multiframe_im
     with pytest.raises(ReadError) as e:
         _read(spec, tmp_path, _items(spec, tmp_path)["cine/us"])
     assert e.value.reason == "unmatched_annotation" and "ReferencedFrameNumber" in e.value.detail
+
+
+def test_seg_frame_referencing_several_frames_goes_on_each_of_them(tmp_path):
+    """A SEG frame derived from several source frames (multi-valued ReferencedFrameNumber) applies to each: its
+    mask lands on frames 1 and 3 of a cine and of an enhanced CT volume (it used to land on the first only).
+    One referenced frame the image lacks rejects the case instead of losing the mask there."""
+    cine = _us(tmp_path / "DCM" / "cine" / "us.dcm", np.zeros((4, 4, 5), np.uint8))
+    a, b = _masks(2)
+    refs = [(cine.SOPInstanceUID, [1, 3]), (cine.SOPInstanceUID, 2)]
+    _write_seg(tmp_path / "DCM" / "cine" / "seg.dcm", [a, b], refs, cine.SeriesInstanceUID)
+    written = pydicom.dcmread(tmp_path / "DCM" / "cine" / "seg.dcm").PerFrameFunctionalGroupsSequence[0]
+    source = written.DerivationImageSequence[0].SourceImageSequence[0]
+    assert list(source.ReferencedFrameNumber) == [1, 3]  # one multi-valued attribute in the file
+    _enhanced_ct(tmp_path / "DCM" / "enhanced" / "ct.dcm")  # file frames 1, 3 at z 10, 15: stack k 2, 3
+    ct = pydicom.dcmread(tmp_path / "DCM" / "enhanced" / "ct.dcm")
+    refs = [(ct.SOPInstanceUID, [1, 3])]
+    _write_seg(tmp_path / "DCM" / "enhanced" / "seg.dcm", [a], refs, ct.SeriesInstanceUID)
+    spec = _spec()
+    items = _items(spec, tmp_path)
+    assert items["enhanced/ct"].meta_dict() == {"kind": "enhanced"}
+    frames = _read(spec, tmp_path, items["cine/us"])
+    assert [(f.plane, f.slice_index) for f in frames] == [("im", f) for f in range(4)]
+    assert [len(f.masks) for f in frames] == [1, 1, 1, 0]
+    assert np.array_equal(frames[0].masks[0][1], a) and np.array_equal(frames[2].masks[0][1], a)
+    assert np.array_equal(frames[1].masks[0][1], b)
+    frames = _read(spec, tmp_path, items["enhanced/ct"])
+    assert [(f.plane, f.slice_index) for f in frames] == [("ax", k) for k in range(4)]
+    assert [len(f.masks) for f in frames] == [0, 0, 1, 1]
+    assert all(np.array_equal(f.masks[0][1], a) for f in frames[2:])
+
+    refs = [(cine.SOPInstanceUID, [1, 9])]  # the cine has 4 frames
+    _write_seg(tmp_path / "DCM" / "cine" / "seg.dcm", [a], refs, cine.SeriesInstanceUID)
+    with pytest.raises(ReadError) as e:
+        _read(spec, tmp_path, items["cine/us"])
+    assert e.value.reason == "unmatched_annotation" and "frames 1, 9" in e.value.detail
 
 
 # --- broken input ------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
@@ -371,6 +373,34 @@ def test_output_order_and_instance_numbering_across_sources():
         ("c", "mask", 0), ("c", "box", 1),
         ("d", "box", 0),
     ]  # fmt: skip
+
+
+def test_mask_annotators_go_to_every_instance_of_their_mask():
+    """Each instance of a mask carries the mask's annotator, also past a mask dropped before it; label-map
+    regions and masks without annotators carry None."""
+    shape = (40, 40)
+    lm = np.zeros(shape, dtype=np.uint8)
+    lm[30:38, 30:38] = 1
+    r1 = np.zeros(shape, dtype=bool)
+    r1[2:8, 2:8] = r1[2:8, 20:26] = True  # two instances
+    r1[15, 15] = True  # a third, under the minimum area: dropped, numbered all the same
+    r2 = np.zeros(shape, dtype=bool)
+    r2[4:12, 4:12] = True  # overlaps r1's first: a separate annotation
+    masks = [("nodule", r1), ("nodule", np.ones((3, 3), bool)), ("nodule", r2)]
+    kw = dict(label_map=lm, label_values={1: "organ"}, masks=masks, min_area_px=16, rng_for=rng_factory())
+    found, drops = extract_regions(shape, mask_annotators=["reader1", "reader9", "reader2"], **kw)
+    assert [d.reason for d in drops] == ["below_min_area", "mask_shape_mismatch"]
+    assert [(r.label, r.instance, r.annotator) for r in found] == [
+        ("organ", 0, None),
+        ("nodule", 0, "reader1"), ("nodule", 1, "reader1"), ("nodule", 3, "reader2"),
+    ]  # fmt: skip
+    plain, _ = extract_regions(shape, **kw)  # no annotators: the same regions, none carries one
+    assert [r.annotator for r in plain] == [None] * 4
+    assert [dataclasses.replace(r, annotator=None) for r in found] == plain
+    partial, _ = extract_regions(shape, mask_annotators=[None, None, "reader2"], **kw)
+    assert [r.annotator for r in partial] == [None, None, None, "reader2"]
+    with pytest.raises(ValueError):  # annotators that do not pair with the masks are never guessed at
+        extract_regions(shape, mask_annotators=["reader1", "reader2"], **kw)
 
 
 # --- points ---------------------------------------------------------------------------------------------------

@@ -121,6 +121,7 @@ def make_sample(
         label_map=label_map,
         label_values=frame.label_values,
         masks=masks,
+        mask_annotators=frame.mask_annotators,  # the resize keeps the masks' order: still one per mask
         boxes=_scaled_boxes(frame.boxes, sy, sx),
         points=_scaled_points(frame.points, sy, sx),
         min_area_px=min_area,

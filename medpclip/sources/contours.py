@@ -24,8 +24,8 @@ Options (``spec.format.options``), paths relative to the dataset folder:
   holes, subtracted from that nodule's fill on that slice. As in pylidc, the outline pixels themselves are left
   out (readers drew outlines just outside the nodule; ``include_contour: true`` keeps them), except that an
   outline enclosing no pixel centre keeps its outline pixels (a tiny nodule stays a region). The nodules of one
-  reader share one mask (label ``nodule``): each nodule is a connected component, i.e. one instance, and
-  different readers' masks overlap freely. MASKS CARRY NO ANNOTATOR (the Frame has no field for it):
+  reader share one mask (label ``nodule``) with that reader as annotator (``Frame.mask_annotators``): each
+  nodule is a connected component, i.e. one instance, and different readers' masks overlap freely.
   ``regions: box`` gives one box per reader, nodule and slice (the tight box of the same fill) with its reader
   as annotator instead.
 - A roi with ONE edge map (nodules < 3 mm have only that) → a point at that pixel (label ``small nodule``,
@@ -258,7 +258,7 @@ def _read_lidc(spec: DatasetSpec, opts: ContourOptions, raw_root: Path, item: So
                         )
                     else:
                         if channel is None:
-                            channel = channels.add(label[NODULE])
+                            channel = channels.add(label[NODULE], reader)
                         channels.set(channel, k, mask)
             if opts.non_nodules:
                 for nn in session.findall("nonNodule"):

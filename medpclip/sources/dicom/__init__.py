@@ -63,7 +63,8 @@ Annotations (files in the same dataset folder):
 - DICOM SEG: each frame is matched to its source slice by the referenced SOP Instance UID (and frame number),
   else by its ``ImagePositionPatient``; segments become named masks (BINARY as is, FRACTIONAL ≥ 50 %). On the
   frames of a multi-frame image that is no volume only the reference places it; one without a frame number is
-  to every frame (PS3.3 Table 10-3). A SEG frame the source lacks → ``unmatched_annotation``; of another size →
+  to every frame (PS3.3 Table 10-3), one with several (derived from several source frames) to each of them.
+  A SEG frame the source lacks (or one of its several frames) → ``unmatched_annotation``; of another size →
   ``shape_mismatch``; ``max_pixels`` holds for SEGs as for images.
 - RTSTRUCT: CLOSED_PLANAR contours are rasterized on the slice they lie on (the referenced SOP UID, else the
   slice within half a slice gap of the contour's plane): pixel centres inside or on the polygon; several
@@ -87,8 +88,8 @@ Memory: one series at a time; annotation masks are bit-packed (8 masks per byte 
 
 For sibling readers (``sources.contours``: LIDC-IDRI XML contours on a CT series): :func:`load_series` assembles
 an item's series in stack order and :func:`volume_frames` slices it with annotations given on the stack
-(:class:`MaskChannels`, :class:`StackPoint`, :class:`StackBox`), through the same reorientation as SEG and
-RTSTRUCT masks.
+(:class:`MaskChannels`, each channel with an optional annotator, :class:`StackPoint`, :class:`StackBox`),
+through the same reorientation as SEG and RTSTRUCT masks.
 
 Modules: ``files`` (the DICOM file test, reading datasets, decoding pixels, header values), ``options``
 (``DicomOptions``, ``SeriesMasks``), ``functional_groups`` (enhanced multi-frame macros), ``intensity``,

@@ -22,14 +22,17 @@ from medpclip.specs import DatasetSpec
 
 @dataclass
 class _Channels:
-    """Named binary masks over a (k, rows, cols) stack, bit-packed 8 per byte."""
+    """Named binary masks over a (k, rows, cols) stack, bit-packed 8 per byte; ``annotators`` says who drew
+    each channel where the source says (LIDC: one channel per reader), else None."""
 
     shape: tuple[int, int, int]
     labels: list[str] = field(default_factory=list)
     planes: list[np.ndarray] = field(default_factory=list)
+    annotators: list[str | None] = field(default_factory=list)
 
-    def add(self, label: str) -> int:
+    def add(self, label: str, annotator: str | None = None) -> int:
         self.labels.append(label)
+        self.annotators.append(annotator)
         c = len(self.labels) - 1
         if c // 8 >= len(self.planes):
             self.planes.append(np.zeros(self.shape, dtype=np.uint8))
@@ -74,7 +77,7 @@ def _segment_names(ds: Dataset, mode: str) -> dict[int, str]:
 class _SegFrame:
     segment: int
     sop: str | None
-    src_frame: int | None
+    src_frames: tuple[int, ...]  # 0-based frames of ``sop`` the mask applies to, each; () when none is named
     position: np.ndarray | None
     mask: np.ndarray
 
@@ -99,19 +102,19 @@ def _seg_frames(ds: Dataset, rel: str, max_pixels: int) -> list[_SegFrame]:
     for f in range(masks.shape[0]):
         ident = _group(ds, f, "SegmentIdentificationSequence")
         segment = int(ident.ReferencedSegmentNumber) if ident is not None else 1
-        sop = src_frame = None
+        sop, src_frames = None, ()
         deriv = _group(ds, f, "DerivationImageSequence")
         if deriv is not None and deriv.get("SourceImageSequence"):
             src = deriv.SourceImageSequence[0]
             sop = str(src.get("ReferencedSOPInstanceUID", "")) or None
             frames = src.get("ReferencedFrameNumber")
-            if isinstance(frames, MultiValue | list | tuple):
-                frames = frames[0] if len(frames) else None
-            if frames is not None and str(frames).strip():
-                src_frame = int(frames) - 1
+            # Several values: the SEG frame was derived from several source frames and applies to each one.
+            values = frames if isinstance(frames, MultiValue | list | tuple) else [frames]
+            numbers = [int(v) - 1 for v in values if v is not None and str(v).strip()]
+            src_frames = tuple(dict.fromkeys(numbers))
         pp = _group(ds, f, "PlanePositionSequence")
         position = _vec(pp.get("ImagePositionPatient"), 3) if pp is not None else None
-        out.append(_SegFrame(segment, sop, src_frame, position, masks[f]))
+        out.append(_SegFrame(segment, sop, src_frames, position, masks[f]))
     return out
 
 
@@ -222,13 +225,18 @@ def _add_seg(
             continue
         if fr.mask.shape != shape:
             raise ReadError("shape_mismatch", f"{rel}: SEG frame {fr.mask.shape} != image {shape}")
-        k = sop_to_k.get((fr.sop, fr.src_frame)) if fr.sop else None
-        if k is None and fr.sop:
-            k = sop_to_k.get((fr.sop, None))
-        if k is None and fr.position is not None and geo is not None:
+        ks = _seg_frame_slices(fr, sop_to_k)
+        if not ks and fr.sop and len(fr.src_frames) > 1:
+            # Placing it by position would put it on one of its frames and lose the others without a reject.
+            raise ReadError(
+                "unmatched_annotation",
+                f"{rel}: a SEG frame references frames {', '.join(str(n + 1) for n in fr.src_frames)} of one "
+                "image, not all of which are images of the case",
+            )
+        if not ks and fr.position is not None and geo is not None:
             k = geo.slice_at(fr.position)
-        ks = [k] if k is not None else []
-        if not ks and fr.src_frame is None and all_frames and fr.sop in all_frames:
+            ks = [k] if k is not None else []
+        if not ks and not fr.src_frames and all_frames and fr.sop in all_frames:
             # PS3.3 Table 10-3: ReferencedFrameNumber is absent from a reference to a multi-frame image when
             # it applies to all frames. Two such frames of one segment would each claim every frame.
             if fr.segment in whole:
@@ -244,6 +252,22 @@ def _add_seg(
         if fr.mask.any():
             for k in ks:
                 ch.set(c, k, fr.mask)
+
+
+def _seg_frame_slices(fr: _SegFrame, sop_to_k: dict[tuple[str, int | None], int]) -> list[int]:
+    """The stack indices a SEG frame's reference names: one per referenced frame, or the image's own (a
+    single-frame image, also when a frame number is given for it); [] when any of them is not in the case."""
+    if not fr.sop:
+        return []
+    ks = []
+    for n in fr.src_frames or (None,):
+        k = sop_to_k.get((fr.sop, n))
+        if k is None:
+            k = sop_to_k.get((fr.sop, None))
+        if k is None:
+            return []
+        ks.append(k)
+    return list(dict.fromkeys(ks))
 
 
 def _annotation_datasets(raw_root: Path, item: SourceItem) -> list[tuple[str, str, Dataset]]:

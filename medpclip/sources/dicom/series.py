@@ -185,6 +185,8 @@ def volume_frames(
     else:
         planes = spec.slicing.planes
     mapper = _FrameMapper(affine, (geo.shape[1], geo.shape[0], geo.depth)) if points or boxes else None
+    # Frame.mask_annotators stays empty where no channel has one (every source but LIDC's readers)
+    annotated = any(a is not None for a in channels.annotators)
     for plane in planes:
         frame_points: dict[int, list[Point]] = defaultdict(list)
         frame_boxes: dict[int, list[Box]] = defaultdict(list)
@@ -201,14 +203,16 @@ def volume_frames(
         iters = [imaging.iter_slices(p, zooms, plane, spec.slicing.step) for p in planes_src]
         for index, img, spacing in imaging.iter_slices(data, zooms, plane, spec.slicing.step):
             bits = [next(it)[1] for it in iters]
-            masks = []
+            masks, annotators = [], []
             for c, label in enumerate(channels.labels):
                 m = (bits[c // 8] >> (c % 8)) & 1
                 if m.any():
                     masks.append((label, m.astype(bool)))
+                    annotators.append(channels.annotators[c])
             yield Frame(
                 item=item, image=img, intensity=vol.intensity, plane=plane, slice_index=index,
-                spacing_mm=spacing, masks=masks, modality=vol.modality,
+                spacing_mm=spacing, masks=masks, mask_annotators=annotators if annotated else [],
+                modality=vol.modality,
                 points=frame_points.get(index, []), boxes=frame_boxes.get(index, []),
             )  # fmt: skip
 
