@@ -78,9 +78,12 @@ def build(
     except BuildError as e:
         _fail(str(e), code=1)
     _print_summary(result.build)
+    # re-runs: units built again because a duplicate image moved a patient to its twin's split
+    rerun = f", {result.units_rerun} re-run to settle duplicates" if result.units_rerun else ""
     console.print(
         f"corpus: {result.out}  ({result.units_run} units built on {len(result.nodes)} Ray node(s), "
-        f"{result.units_skipped} kept, {result.seconds:.1f}s)\nreport: {result.out / 'report' / 'index.html'}",
+        f"{result.units_skipped} kept{rerun}, {result.seconds:.1f}s)\n"
+        f"report: {result.out / 'report' / 'index.html'}",
         highlight=False,
     )
 
