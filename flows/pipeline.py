@@ -49,12 +49,19 @@ def pipeline_flow(
     gpu: bool = False,
     lr: float = 5e-4,
     checkpoint_every: int = 500,
+    accum_steps: int = 1,
+    loader_workers: int = 2,
+    pretrained: str | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
     split: str = "test",
+    datasets: list[str] | None = None,
     max_side: int = 1024,
     ray_address: str | None = None,
     write_demo_data: bool = False,
 ) -> dict[str, Any]:
-    """Build (or resume) the corpus, pre-train on its train split, evaluate the result on ``split``."""
+    """Build (or resume) the corpus, pre-train on its train split, evaluate the result on ``split`` (of
+    ``datasets``, default all). Training parameters are the ``pretrain`` flow's (``medpclip train``'s)."""
     built = build_corpus_flow(
         specs=specs,
         raw_root=raw_root,
@@ -73,9 +80,16 @@ def pipeline_flow(
         gpu=gpu,
         lr=lr,
         checkpoint_every=checkpoint_every,
+        accum_steps=accum_steps,
+        loader_workers=loader_workers,
+        pretrained=pretrained,
+        image_size=image_size,
+        seed=seed,
         ray_address=ray_address,
     )
-    evaluated = evaluate_flow(corpus=built["out"], checkpoint=trained["checkpoint"], split=split)
+    evaluated = evaluate_flow(
+        corpus=built["out"], checkpoint=trained["checkpoint"], split=split, datasets=datasets
+    )
     return {
         "corpus": built["out"],
         "totals": built["totals"],

@@ -59,6 +59,7 @@ def pretrain_flow(
     loader_workers: int = 2,
     pretrained: str | None = None,
     seed: int = 0,
+    image_size: int | None = None,
 ) -> dict[str, Any]:
     """Pre-train MedP-CLIP on ``corpus`` into ``out`` (``--model tiny`` for CPU demos). Relative paths are
     taken from the working directory of the process that runs the flow."""
@@ -69,6 +70,7 @@ def pretrain_flow(
         out=str(Path(out).resolve()),
         model=model,
         pretrained=pretrained,
+        image_size=image_size,
         steps=steps,
         batch_size=batch_size,
         accum_steps=accum_steps,

@@ -281,7 +281,7 @@ def pipelined(pretrained, demo_corpus, demo_raw, tmp_path_factory):
     flow = _load("flows/pipeline.py:pipeline_flow")
     state = flow(
         specs=",".join(DEMO_SPECS), raw_root=str(demo_raw), corpus=str(corpus), train_out=str(train_out),
-        max_side=256, steps=STEPS + MORE, **TRAIN, return_state=True,
+        max_side=256, steps=STEPS + MORE, loader_workers=0, **TRAIN, return_state=True,
     )  # fmt: skip
     assert state.is_completed(), state.message
     run_id = state.state_details.flow_run_id
@@ -360,7 +360,9 @@ def test_pipeline_runs_its_stages_as_subflows_on_the_server(pipelined):
     assert set(subflows["pretrain"]["artifacts"]) == {"pretrain-summary"}
     assert set(subflows["evaluate"]["artifacts"]) == {"evaluate-metrics"}
     assert subflows["build-corpus"]["artifacts"]["build-corpus-progress"].data == 100.0
+    # the pipeline hands its training parameters on (loader_workers is not one of the pretrain defaults)
     assert subflows["pretrain"]["run"].parameters["steps"] == STEPS + MORE
+    assert subflows["pretrain"]["run"].parameters["loader_workers"] == 0
 
 
 # --- prefect.yaml ------------------------------------------------------------------------------------------
