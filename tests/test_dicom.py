@@ -736,6 +736,30 @@ def test_broken_files_get_reason_codes(tmp_path):
         assert e.value.reason == expected[case.split("/")[0]], case
 
 
+def test_discovery_in_processes_gives_the_serial_result(tmp_path):
+    # More files than one task of the pool (500), an unreadable one in the middle and a non-DICOM one: the
+    # items, their order and the error item are the same as a serial scan's.
+    folder = tmp_path / "DCM"
+    px = np.zeros((4, 4), np.int16)
+    for s in range(11):
+        uid = f"1.2.826.0.1.3680043.8.498.{700 + s}"
+        for k in range(50):
+            _write_slice(
+                folder / f"p{s:02d}" / f"im{k:02d}.dcm", px, position=(0, 0, 2.0 * k), series_uid=uid,
+                sop_uid=f"{uid}.{k + 1}", patient_id=f"P{s % 4}",
+            )  # fmt: skip
+    (folder / "p05" / "notes.dcm").write_bytes(b"not DICOM\n" * 20)
+    (folder / "p05" / "readme.txt").write_text("not DICOM, not named so")
+    serial = list(dicom.discover(_spec(discovery_workers=1), folder))
+    pooled = list(dicom.discover(_spec(discovery_workers=2), folder))
+    assert pooled == serial
+    assert len(serial) == 12
+    bad = [i for i in serial if i.case_id == "p05/notes"]
+    assert len(bad) == 1 and dict(bad[0].meta)["error"][0] == "not_dicom"
+    series = [i for i in serial if i.case_id != "p05/notes"]
+    assert all(len(i.files) == 50 for i in series)
+
+
 # --- end to end ------------------------------------------------------------------------------------------
 
 

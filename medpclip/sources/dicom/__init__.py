@@ -32,6 +32,12 @@ Options (``spec.format.options``), paths relative to the dataset folder:
   matched series without mask files is ``missing_file``). The first matching entry applies. A count of mask
   files other than the number of slices, or a mask of another size than the slices, is ``shape_mismatch``.
   Masks are in the slices' stored pixel grid and are reoriented with the volume.
+- ``discovery_workers: 1`` — processes that read the headers at discovery (every file's header is parsed on
+  the planning machine, ~0.5 ms each for a small CT header: a million-file archive is hours on one core).
+  Set it to the planning machine's cores for archives of thousands of files and more (10,000 small CT
+  headers: 5.2 s serial, 3.7 s with 2 processes on 2 cores; the processes' start-up is ~0.7 s). The
+  result is the same whatever the number. The processes are spawned: a script that calls the build itself
+  needs the ``if __name__ == "__main__":`` guard (the CLI, the Ray job entry point and the flows have it).
 
 Items and case ids: a volume's case id is its series' folder relative to the dataset folder (plus the series
 UID when several series share a folder); a single image's is its path without suffix. The patient id comes from

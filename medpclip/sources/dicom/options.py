@@ -50,3 +50,7 @@ class DicomOptions(ReaderOptions):
     keep_localizers: bool = False
     split_series_by_folder: bool = False
     masks: list[SeriesMasks] = Field(default_factory=list)
+    # processes reading headers at discovery (1: in the planning process itself). More pays off from a few
+    # thousand files; a script that calls the build itself then needs the `if __name__ == "__main__":` guard
+    # (the processes are spawned); the CLI, the Ray job entry point and the flows have it.
+    discovery_workers: int = Field(default=1, ge=1)
