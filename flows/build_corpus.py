@@ -7,6 +7,7 @@ artifact updated as units finish, and a table artifact with the totals.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,27 @@ def plan_task(specs: list[DatasetSpec], raw_root: str, out: str, max_side: int, 
     return plan
 
 
+class UnitProgress:
+    """The build's progress artifact, moved by every finished unit of every dataset (their tasks run at
+    once, in threads of this flow run)."""
+
+    def __init__(self, artifact_id: Any, total: int) -> None:
+        self.artifact_id, self.total = artifact_id, max(total, 1)
+        self.done: set[tuple[str, int]] = set()  # a set: a retried task reports its kept units again
+        self._lock = threading.Lock()
+
+    def unit_done(self, dataset: str, unit: int) -> None:
+        with self._lock:
+            self.done.add((dataset, unit))
+            update_progress_artifact(self.artifact_id, progress=100.0 * len(self.done) / self.total)
+
+
 # Units are idempotent (a finished unit is kept, an unfinished one is redone from scratch), so a retry after a
 # lost Ray connection or a node failure only redoes what did not finish.
 @task(name="run-dataset", retries=2, retry_delay_seconds=10, cache_policy=NONE)
-def run_dataset(plan: Plan, dataset: str, progress_id: Any, done_before: int) -> dict[str, int]:
+def run_dataset(plan: Plan, dataset: str, progress: UnitProgress) -> dict[str, int]:
     logger = get_run_logger()
     units = [u for u in plan.units if u.dataset == dataset]
-    total = len(plan.units)
     summary = {"units": 0, "kept": 0, "samples": 0, "regions": 0, "rejects": 0}
     for stats in run_units(units):
         summary["units"] += 1
@@ -79,7 +94,7 @@ def run_dataset(plan: Plan, dataset: str, progress_id: Any, done_before: int) ->
             stats["n_rejects"],
             " (kept)" if stats.get("skipped") else "",
         )
-        update_progress_artifact(progress_id, progress=100.0 * (done_before + summary["units"]) / total)
+        progress.unit_done(dataset, stats["unit"])
     return summary
 
 
@@ -163,8 +178,8 @@ def build_corpus_flow(
     force: bool = False,
     write_demo_data: bool = False,
 ) -> dict[str, Any]:
-    """Build (or resume) a corpus: validate specs → plan → one Ray run per dataset → settle duplicate splits →
-    finish → warehouse → QA.
+    """Build (or resume) a corpus: validate specs → plan → one Ray run per dataset (all at once) → settle
+    duplicate splits → finish → warehouse → QA.
 
     ``specs`` is comma-separated names from ``dataset_specs/`` or YAML paths. Relative ``raw_root``/``out`` are
     taken from the working directory of the process that runs the flow (``medpclip serve`` or a worker).
@@ -176,12 +191,12 @@ def build_corpus_flow(
     spec_list = validate_specs(specs)
     plan = plan_task(spec_list, raw_root, out, max_side, force)
     progress_id = create_progress_artifact(0.0, key="build-corpus-progress", description=f"units done: {out}")
-    per_dataset: dict[str, dict[str, int]] = {}
-    done = 0
+    progress = UnitProgress(progress_id, len(plan.units))
     with ray_session(ray_address):
-        for spec in spec_list:
-            per_dataset[spec.name] = run_dataset(plan, spec.name, progress_id, done)
-            done += per_dataset[spec.name]["units"]
+        # Every dataset's task at once, on the one Ray session: Ray queues all their units, so the cluster
+        # never idles behind a dataset's last few units (one after another, many small datasets would).
+        futures = {spec.name: run_dataset.submit(plan, spec.name, progress) for spec in spec_list}
+        per_dataset = {name: future.result() for name, future in futures.items()}
         plan = settle_task(plan)
     build = finish_task(plan)
     counts = warehouse_check(out)
