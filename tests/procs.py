@@ -8,10 +8,20 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
+
+
+def http_ok(url: str) -> bool:
+    """An HTTP 200 from ``url`` right now (a readiness probe for wait_until)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def free_port() -> int:

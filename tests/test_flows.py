@@ -17,13 +17,12 @@ import os
 import re
 import shutil
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from corpus_utils import DEMO_SPECS
-from procs import free_port, running, wait_until
+from procs import free_port, http_ok, running, wait_until
 
 from medpclip.evaluate import COLUMNS, TASKS
 from medpclip.train.loop import RUN_NAME, verified_step
@@ -46,14 +45,6 @@ def _load(entrypoint: str):
     return load_flow_from_entrypoint(f"{PROJECT / path}:{name}")
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory):
     """A real ``prefect server start`` on a free loopback port, its own PREFECT_HOME; flows run in this
@@ -69,7 +60,7 @@ def prefect_api(tmp_path_factory):
     port = api.rsplit(":", 1)[1].split("/")[0]
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port]
     with running(cmd, root / "server.log", env=env) as server:
-        wait_until(lambda: _http_ok(f"{api}/health"), 120, "prefect server", server)
+        wait_until(lambda: http_ok(f"{api}/health"), 120, "prefect server", server)
         with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_HOME: root / "client-home"}):
             try:
                 yield api

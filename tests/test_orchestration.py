@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from corpus_utils import DEMO_SPECS, tree_hashes
-from procs import free_port, running, stop, wait_until
+from procs import free_port, http_ok, running, stop, wait_until
 
 from medpclip.corpus.build import build_corpus
 from medpclip.corpus.inspect import check_corpus
@@ -34,14 +34,6 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 # --- Prefect ----------------------------------------------------------------------------------------------
 
 
@@ -53,7 +45,7 @@ def test_prefect_deployment_run_builds_the_demo(tmp_path):
     work.mkdir()
     server_cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with running(server_cmd, tmp_path / "server.log", env=env) as server:
-        wait_until(lambda: _http_ok(f"{api}/health"), 120, "prefect server", server)
+        wait_until(lambda: http_ok(f"{api}/health"), 120, "prefect server", server)
         with running([str(BIN / "medpclip"), "serve"], tmp_path / "serve.log", env=env, cwd=work) as serve:
 
             def deployed() -> bool:
@@ -116,7 +108,7 @@ def test_ray_job_on_a_two_node_cluster(tmp_path, demo_raw):
                 *agent_ports()]  # fmt: skip
     out = tmp_path / "corpus"
     with running(head_cmd, tmp_path / "head.log", env=env) as head:
-        wait_until(lambda: _http_ok(f"http://127.0.0.1:{dash}/api/version"), 120, "ray head", head)
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{dash}/api/version"), 120, "ray head", head)
         with running(node_cmd, tmp_path / "node.log", env=env) as node:
 
             def two_nodes() -> bool:
