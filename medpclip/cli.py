@@ -85,6 +85,7 @@ def build(
         f"{result.units_skipped} kept{rerun}, {result.seconds:.1f}s)\n"
         f"report: {result.out / 'report' / 'index.html'}",
         highlight=False,
+        soft_wrap=True,  # never a line break inside a path someone will copy (or a script will grep)
     )
 
 
@@ -174,7 +175,7 @@ def show(
         _fail(e.args[0])
     out.parent.mkdir(parents=True, exist_ok=True)
     draw_regions(image, record["regions"]).save(out)
-    console.print(f"{key}: {len(record['regions'])} regions → {out}", highlight=False)
+    console.print(f"{key}: {len(record['regions'])} regions → {out}", highlight=False, soft_wrap=True)
 
 
 @app.command("validate")
@@ -188,7 +189,7 @@ def validate_corpus(corpus: Annotated[Path, typer.Option("--corpus")]) -> None:
     except CorpusError as e:
         _fail(str(e))
     for problem in report.problems[:50]:
-        err.print(f"- {problem}", highlight=False)
+        err.print(f"- {problem}", highlight=False, soft_wrap=True)
     console.print(
         f"checked {report.shards} shards, {report.samples} samples, {report.regions} regions: "
         f"{len(report.problems)} problems",
@@ -278,6 +279,7 @@ def train(
         f"({result.seconds:.0f}s)\ncheckpoint: {result.checkpoint}\n"
         f"next: medpclip eval --corpus {corpus} --checkpoint {out}",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -322,7 +324,9 @@ def evaluate_checkpoint(
     if problems:
         err.print(f"data problems (counted, skipped): {problems}", highlight=False)
     console.print(
-        f"metrics: {result.path}  (view `metrics` of medpclip query --corpus {corpus})", highlight=False
+        f"metrics: {result.path}  (view `metrics` of medpclip query --corpus {corpus})",
+        highlight=False,
+        soft_wrap=True,
     )
 
 

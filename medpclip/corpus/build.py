@@ -119,7 +119,10 @@ def run_units(
     # A worker killed mid-unit is retried by Ray (system failures: max_retries); the retry removes the
     # unit's files and rewrites them from scratch. An exception in our code is not retried: it is a bug or a
     # bad input that escaped the reader, and the build must stop and say so.
-    task = ray.remote(num_cpus=1, max_retries=3)(run_unit_json)
+    # SPREAD (as Ray Data's map tasks do): units are coarse and read and write a lot, so they go to the
+    # least-loaded nodes first; the default policy packs a node before spilling to the next, which can leave
+    # a cluster's other nodes idle while their disks and networks sit unused.
+    task = ray.remote(num_cpus=1, max_retries=3, scheduling_strategy="SPREAD")(run_unit_json)
     window = max(2, _IN_FLIGHT_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
     queue = iter(units)
     pending = [task.remote(u.to_json()) for u in itertools.islice(queue, window)]
