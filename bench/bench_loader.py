@@ -19,7 +19,8 @@ training uses by default). Per sample:
 
 The demo images are small (CT 128², radiographs 256², endoscopy ~180 px), so decoding is cheap and the
 per-image work that does not shrink with the source (the 224² warps, region masks, tokenising) weighs more
-than on a corpus of 512–1024 px images.
+than on a corpus of 512–1024 px images; ``corpus=ct`` runs the same comparison on a corpus of 512² CT slices
+built from 8 generated volumes (``bench/volumes.py``), written to ``bench/results/loader-ct.json``.
 
 Each round builds a fresh loader of each kind (ours first on even rounds, stock first on odd ones, so
 drift in the machine's load hits both alike), times its start-up (until the first batch) separately, lets
@@ -51,6 +52,7 @@ import torch
 import webdataset
 
 from bench.common import save_result
+from bench.volumes import write_ct_dataset
 from medpclip.train.data import DataConfig, shard_lists, train_loader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,16 +63,25 @@ MODEL, SIZE = "ViT-B-16", 224
 TICKS = os.sysconf("SC_CLK_TCK") if Path("/proc/self/stat").is_file() else 0
 
 
-def ensure_corpus() -> Path:
-    corpus = DATA / "corpus"
-    if (corpus / "sizes.json").is_file():  # written last by a finished build
-        return corpus
+def ensure_corpus(kind: str = "demo") -> tuple[Path, str]:
+    """The benchmark's corpus and a description: ``demo`` (the demo datasets, small images) or ``ct`` (8
+    generated 512×512×100 CT volumes of ``bench/volumes.py``: 512² grey images, ~4 regions each)."""
+    corpus = DATA / ("corpus" if kind == "demo" else f"corpus-{kind}")
     cli = [sys.executable, "-m", "medpclip.cli"]
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    subprocess.run([*cli, "demo-data", str(DATA / "raw")], check=True, env=env)
-    build = ["build", "--spec", SPECS, "--raw-root", str(DATA / "raw"), "--out", str(corpus)]
-    subprocess.run([*cli, *build, "--max-side", "512", "--num-cpus", "2"], check=True, env=env)
-    return corpus
+    if kind == "demo":
+        specs, raw, what = SPECS, DATA / "raw", SPECS
+        if not (corpus / "sizes.json").is_file():  # sizes.json: written last by a finished build
+            subprocess.run([*cli, "demo-data", str(raw)], check=True, env=env)
+    elif kind == "ct":
+        raw = DATA / "raw-ct"
+        specs, what = str(write_ct_dataset(raw, 8)), "8 generated 512x512x100 CT volumes (bench/volumes.py)"
+    else:
+        raise SystemExit(f"corpus kind '{kind}': use demo or ct")
+    if not (corpus / "sizes.json").is_file():
+        build = ["build", "--spec", specs, "--raw-root", str(raw), "--out", str(corpus)]
+        subprocess.run([*cli, *build, "--max-side", "512", "--num-cpus", "2"], check=True, env=env)
+    return corpus, what
 
 
 def _ours(corpus: Path, tokenizer, batch_size: int, workers: int, seed: int):
@@ -141,8 +152,15 @@ def _round(make, seed: int, n_batches: int, workers: int) -> tuple[float, float,
     return startup, rate, per_cpu
 
 
-def main(rounds: int = 5, samples_per_round: int = 3072, workers: int = 2, batch_size: int = 32) -> dict:
-    corpus = ensure_corpus()
+def main(
+    rounds: int = 5,
+    samples_per_round: int = 3072,
+    workers: int = 2,
+    batch_size: int = 32,
+    corpus: str = "demo",
+) -> dict:
+    kind = corpus
+    corpus, what = ensure_corpus(kind)
     shards = shard_lists(corpus, "train")
     urls = [u for d in sorted(shards) for u in shards[d][0]]
     tokenizer = open_clip.get_tokenizer(MODEL)  # what medpclip.model.build_model returns for ViT-B-16
@@ -178,7 +196,7 @@ def main(rounds: int = 5, samples_per_round: int = 3072, workers: int = 2, batch
             "webdataset": webdataset.__version__,
             "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         },
-        "corpus": f"{SPECS} train split ({sum(n for _, n in shards.values())} samples, {len(urls)} shards)",
+        "corpus": f"{what}, train split ({sum(n for _, n in shards.values())} samples, {len(urls)} shards)",
         "model": MODEL,
         "image_size": SIZE,
         "workers": workers,
@@ -210,9 +228,9 @@ def main(rounds: int = 5, samples_per_round: int = 3072, workers: int = 2, batch
         f"ours / stock, median of per-round ratios: {result['ours_vs_stock_median']} samples/s, "
         f"{result['ours_vs_stock_cpu_median']} per CPU-second (goal >= 1.0)"
     )
-    save_result("loader", result)
+    save_result("loader" if kind == "demo" else f"loader-{kind}", result)
     return result
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:5]))
+    main(*(int(a) for a in sys.argv[1:5]), *sys.argv[5:6])
