@@ -31,6 +31,12 @@ class ShardInfo:
     sha256: str
 
 
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (source volumes and checkpoints are large)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a whole file under a temporary name, then rename: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ earlier, interrupted run of it left (marker first), so a unit's files are always
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from medpclip.corpus import schema
 from medpclip.corpus.plan import Plan, WorkUnit
 from medpclip.corpus.sample import make_sample
 from medpclip.corpus.schema import reject_row
-from medpclip.corpus.shards import ShardInfo, ShardWriter, atomic_write_json, load_json
+from medpclip.corpus.shards import ShardInfo, ShardWriter, atomic_write_json, load_json, sha256_file
 from medpclip.corpus.split import assign_split, split_by_rule
 from medpclip.faults import fault_point
 from medpclip.frame import Frame, ReadError
@@ -76,14 +75,6 @@ def remove_stale_units(out: Path, plan: Plan) -> int:
     return n
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_parquet(path: Path, kind: str, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -130,7 +121,7 @@ def run_unit(unit: WorkUnit) -> dict[str, Any]:
                 size = p.stat().st_size
                 if size == 0 and p.is_file():
                     raise ReadError("empty_file", f"{f.path}: the file is empty (0 bytes)")
-                files.append({"role": f.role, "path": f.path, "sha256": _sha256_file(p), "bytes": size})
+                files.append({"role": f.role, "path": f.path, "sha256": sha256_file(p), "bytes": size})
         except (OSError, ReadError) as e:
             reason, detail = (
                 (e.reason, e.detail)

@@ -236,6 +236,13 @@ class _Found:
     def error(self, name: str, reason: str, detail: str) -> None:
         self.errors.setdefault(name, (reason, detail))
 
+    def listed(self, name: str, index: bool, split: str | None, source: str) -> None:
+        """``name`` has a row in table ``source`` (an index table if ``index``), whose rows are in ``split``."""
+        self.named.add(name)
+        if index:
+            self.indexed.add(name)
+        self.split(name, split, source)
+
     def split(self, name: str, split: str | None, source: str) -> None:
         if split is None:
             return
@@ -406,11 +413,8 @@ def _image_rows(spec: DatasetSpec, root: Path, table: ImageTable, found: _Found,
             continue
         seen.append(row)
     for image, rows in by_image.items():
-        found.named.add(image)
-        if index:
-            found.indexed.add(image)
+        found.listed(image, index, table.split, name)
         found.rows.setdefault(image, rows[0])
-        found.split(image, table.split, name)
         labels: list[str] = []
         if table.labels_column:
             for row in rows:
@@ -462,10 +466,7 @@ def _box_rows(root: Path, table: BoxTable, found: _Found, index: bool) -> None:
         image = get("image")
         if not image:
             continue
-        found.named.add(image)
-        if index:
-            found.indexed.add(image)
-        found.split(image, table.split, name)
+        found.listed(image, index, table.split, name)
         label = get("label") if "label" in position else table.label
         annotator = (get("annotator") or None) if "annotator" in position else None
         values = [get(r) for r in roles]
@@ -513,10 +514,7 @@ def _rle_rows(root: Path, table: RleTable, found: _Found, index: bool) -> None:
         image = cells[i_image] if i_image < len(cells) else ""
         if not image:
             continue
-        found.named.add(image)
-        if index:
-            found.indexed.add(image)
-        found.split(image, table.split, name)
+        found.listed(image, index, table.split, name)
         value = cells[i_rle] if i_rle < len(cells) else ""
         rles.setdefault(image, [])
         if value not in empty:
@@ -551,10 +549,7 @@ def _coco_rows(root: Path, table: CocoTable, found: _Found, match: str, index: b
         for img in data["images"]:
             key = _coco_key(str(img["file_name"]), match)
             images[img["id"]] = key
-            found.named.add(key)
-            if index:
-                found.indexed.add(key)
-            found.split(key, table.split, name)
+            found.listed(key, index, table.split, name)
             meta = found.meta[key]
             meta.setdefault("coco", ())
             if img.get("width") and img.get("height"):

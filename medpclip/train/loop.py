@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from medpclip.corpus.shards import sha256_file
 from medpclip.model.losses import medpclip_loss
 from medpclip.model.medpclip import MODEL_CONFIGS, MedPCLIP, ModelConfig, ModelError, build_model
 from medpclip.train.data import DataConfig, prompts_of, shard_lists, train_loader
@@ -120,14 +121,6 @@ def state_checksum(model: torch.nn.Module) -> str:
 CHECKPOINT_FILES = ("model.pt", "train_state.pt")
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_checkpoint(
     directory: Path, model: MedPCLIP, optimizer, scheduler, step: int, meta: dict[str, Any]
 ) -> None:
@@ -140,7 +133,7 @@ def write_checkpoint(
         directory / "train_state.pt",
     )
     files = {
-        name: {"bytes": (directory / name).stat().st_size, "sha256": _file_sha256(directory / name)}
+        name: {"bytes": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}
         for name in CHECKPOINT_FILES
     }
     meta = {**meta, "step": step, "model_checksum": state_checksum(model), "files": files}
@@ -154,7 +147,7 @@ def verified_step(directory: Path, hashes: bool = True) -> int | None:
         meta = json.loads((Path(directory) / "meta.json").read_text(encoding="utf-8"))
         for name, want in meta["files"].items():
             f = Path(directory) / name
-            if f.stat().st_size != want["bytes"] or (hashes and _file_sha256(f) != want["sha256"]):
+            if f.stat().st_size != want["bytes"] or (hashes and sha256_file(f) != want["sha256"]):
                 return None
         return int(meta["step"])
     except (OSError, ValueError, KeyError, TypeError):
