@@ -21,7 +21,7 @@ import numpy as np
 from bench.common import ct_spec, save_result
 from medpclip import imaging, regions
 from medpclip.corpus.sample import SampleParams, encode_png, make_sample
-from medpclip.corpus.schema import stable_json
+from medpclip.fileio import stable_json
 from medpclip.frame import Frame, SourceFile, SourceItem
 
 SIZE, N_LABELS = 512, 10

@@ -263,8 +263,9 @@ def _cores(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
 def child(spec_path: str, raw_root: str, out: str, num_cpus: str, report: str) -> None:
     """One build, step by step in ``build_corpus``'s order (which books Ray's shutdown under "finish"; here
     it is "ray stop"); writes the timings and the units phase's CPU accounting to ``report``."""
-    from medpclip.corpus.build import finish_build, prepare_build, ray_session, run_units, settle_splits
+    from medpclip.corpus.build import finish_build, prepare_build, run_units, settle_splits
     from medpclip.qa.report import write_report
+    from medpclip.raysession import ray_session
     from medpclip.specs import load_spec_file
 
     timings: dict[str, float] = {}

@@ -25,12 +25,13 @@ from medpclip.corpus.build import (
     Plan,
     finish_build,
     prepare_build,
-    ray_session,
     run_units,
     settle_splits,
 )
 from medpclip.corpus.inspect import check_corpus
+from medpclip.corpus.shards import DEFAULT_SHARD_BYTES
 from medpclip.qa.report import write_report
+from medpclip.raysession import ray_session
 from medpclip.specs import DatasetSpec, resolve_specs
 from medpclip.warehouse import query
 
@@ -49,8 +50,24 @@ def validate_specs(specs: str) -> list[DatasetSpec]:
 
 
 @task(name="plan", cache_policy=NONE)
-def plan_task(specs: list[DatasetSpec], raw_root: str, out: str, max_side: int, force: bool) -> Plan:
-    plan = prepare_build(specs, Path(raw_root), Path(out), max_side=max_side, force=force)
+def plan_task(
+    specs: list[DatasetSpec],
+    raw_root: str,
+    out: str,
+    max_side: int,
+    force: bool,
+    id_salt: str | None = None,
+    shard_max_bytes: int = DEFAULT_SHARD_BYTES,
+) -> Plan:
+    plan = prepare_build(
+        specs,
+        Path(raw_root),
+        Path(out),
+        max_side=max_side,
+        force=force,
+        id_salt=id_salt,
+        shard_max_bytes=shard_max_bytes,
+    )
     logger = get_run_logger()
     for spec in specs:
         n = sum(1 for u in plan.units if u.dataset == spec.name)
@@ -177,6 +194,9 @@ def build_corpus_flow(
     max_side: int = 1024,
     force: bool = False,
     write_demo_data: bool = False,
+    num_cpus: int | None = None,
+    id_salt: str | None = None,
+    shard_max_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> dict[str, Any]:
     """Build (or resume) a corpus: validate specs → plan → one Ray run per dataset (all at once) → settle
     duplicate splits → finish → warehouse → QA.
@@ -184,15 +204,17 @@ def build_corpus_flow(
     ``specs`` is comma-separated names from ``dataset_specs/`` or YAML paths. Relative ``raw_root``/``out`` are
     taken from the working directory of the process that runs the flow (``medpclip serve`` or a worker).
     ``write_demo_data`` first writes the demo raw datasets into ``raw_root`` (the ``demo`` deployment).
+    ``num_cpus`` sizes a local Ray (ignored with ``ray_address``); ``id_salt``, ``shard_max_bytes`` as
+    ``medpclip build --id-salt/--shard-max-bytes``.
     """
     raw_root, out = str(Path(raw_root).resolve()), str(Path(out).resolve())
     if write_demo_data:
         write_demo_data_task(raw_root)
     spec_list = validate_specs(specs)
-    plan = plan_task(spec_list, raw_root, out, max_side, force)
+    plan = plan_task(spec_list, raw_root, out, max_side, force, id_salt, shard_max_bytes)
     progress_id = create_progress_artifact(0.0, key="build-corpus-progress", description=f"units done: {out}")
     progress = UnitProgress(progress_id, len(plan.units))
-    with ray_session(ray_address):
+    with ray_session(ray_address, num_cpus):
         # Every dataset's task at once, on the one Ray session: Ray queues all their units, so the cluster
         # never idles behind a dataset's last few units (one after another, many small datasets would).
         futures = {spec.name: run_dataset.submit(plan, spec.name, progress) for spec in spec_list}

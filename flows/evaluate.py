@@ -16,10 +16,26 @@ from prefect.cache_policies import NONE
 
 
 @task(name="evaluate-checkpoint", cache_policy=NONE)
-def evaluate_task(corpus: str, checkpoint: str, split: str, datasets: list[str] | None) -> dict[str, Any]:
+def evaluate_task(
+    corpus: str,
+    checkpoint: str,
+    split: str,
+    datasets: list[str] | None,
+    batch_size: int = 32,
+    device: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     from medpclip.evaluate import evaluate  # torch, open_clip: loaded when a run needs them
 
-    result = evaluate(Path(corpus), Path(checkpoint), split, datasets=datasets)
+    result = evaluate(
+        Path(corpus),
+        Path(checkpoint),
+        split,
+        datasets=datasets,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+    )
     problems = {k: v for k, v in result.data_counts.items() if k.startswith(("bad_", "dropped_"))}
     if problems:
         get_run_logger().warning("data problems (counted, skipped): %s", problems)
@@ -34,10 +50,25 @@ def evaluate_task(corpus: str, checkpoint: str, split: str, datasets: list[str] 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(
-    corpus: str, checkpoint: str, split: str = "test", datasets: list[str] | None = None
+    corpus: str,
+    checkpoint: str,
+    split: str = "test",
+    datasets: list[str] | None = None,
+    batch_size: int = 32,
+    device: str | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint (or a training ``out`` directory: its latest checkpoint) on ``split``."""
-    summary = evaluate_task(str(Path(corpus).resolve()), str(Path(checkpoint).resolve()), split, datasets)
+    """Evaluate a checkpoint (or a training ``out`` directory: its latest checkpoint) on ``split``; the
+    parameters are ``medpclip eval``'s."""
+    summary = evaluate_task(
+        str(Path(corpus).resolve()),
+        str(Path(checkpoint).resolve()),
+        split,
+        datasets,
+        batch_size,
+        device,
+        seed,
+    )
     rows = [{k: r[k] for k in ("task", "dataset", "metric", "value", "chance", "n")} for r in summary["rows"]]
     create_table_artifact(
         rows, key="evaluate-metrics", description=f"{summary['run_id']} step {summary['step']} on {split}"

@@ -59,9 +59,29 @@ def pipeline_flow(
     max_side: int = 1024,
     ray_address: str | None = None,
     write_demo_data: bool = False,
+    prompt_layer: int | None = None,
+    cpus_per_worker: int = 1,
+    weight_decay: float = 0.1,
+    warmup: int | None = None,
+    region_weight: float = 1.0,
+    grad_checkpointing: bool = False,
+    keep_checkpoints: int = 2,
+    log_every: int = 10,
+    max_failures: int = 0,
+    train_datasets: list[str] | None = None,
+    force: bool = False,
+    num_cpus: int | None = None,
+    id_salt: str | None = None,
+    shard_max_bytes: int = 256 * 2**20,
+    eval_batch_size: int = 32,
+    device: str | None = None,
+    eval_seed: int = 0,
 ) -> dict[str, Any]:
     """Build (or resume) the corpus, pre-train on its train split, evaluate the result on ``split`` (of
-    ``datasets``, default all). Training parameters are the ``pretrain`` flow's (``medpclip train``'s)."""
+    ``datasets``, default all). Training parameters are the ``pretrain`` flow's (``medpclip train``'s), but
+    ``train_datasets`` (``datasets`` is the evaluation's); build parameters the ``build-corpus`` flow's
+    (``num_cpus`` only sizes the build's local Ray); ``eval_batch_size``, ``device``, ``eval_seed`` are the
+    ``evaluate`` flow's ``batch_size``, ``device``, ``seed``."""
     built = build_corpus_flow(
         specs=specs,
         raw_root=raw_root,
@@ -69,6 +89,10 @@ def pipeline_flow(
         ray_address=ray_address,
         max_side=max_side,
         write_demo_data=write_demo_data,
+        force=force,
+        num_cpus=num_cpus,
+        id_salt=id_salt,
+        shard_max_bytes=shard_max_bytes,
     )
     trained = pretrain_flow(
         corpus=built["out"],
@@ -86,9 +110,25 @@ def pipeline_flow(
         image_size=image_size,
         seed=seed,
         ray_address=ray_address,
+        prompt_layer=prompt_layer,
+        cpus_per_worker=cpus_per_worker,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        region_weight=region_weight,
+        grad_checkpointing=grad_checkpointing,
+        keep_checkpoints=keep_checkpoints,
+        log_every=log_every,
+        max_failures=max_failures,
+        datasets=train_datasets,
     )
     evaluated = evaluate_flow(
-        corpus=built["out"], checkpoint=trained["checkpoint"], split=split, datasets=datasets
+        corpus=built["out"],
+        checkpoint=trained["checkpoint"],
+        split=split,
+        datasets=datasets,
+        batch_size=eval_batch_size,
+        device=device,
+        seed=eval_seed,
     )
     return {
         "corpus": built["out"],

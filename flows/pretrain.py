@@ -60,6 +60,16 @@ def pretrain_flow(
     pretrained: str | None = None,
     seed: int = 0,
     image_size: int | None = None,
+    prompt_layer: int | None = None,
+    cpus_per_worker: int = 1,
+    weight_decay: float = 0.1,
+    warmup: int | None = None,
+    region_weight: float = 1.0,
+    grad_checkpointing: bool = False,
+    keep_checkpoints: int = 2,
+    log_every: int = 10,
+    max_failures: int = 0,
+    datasets: list[str] | None = None,
 ) -> dict[str, Any]:
     """Pre-train MedP-CLIP on ``corpus`` into ``out`` (``--model tiny`` for CPU demos). Relative paths are
     taken from the working directory of the process that runs the flow."""
@@ -80,6 +90,16 @@ def pretrain_flow(
         lr=lr,
         seed=seed,
         checkpoint_every=checkpoint_every,
+        prompt_layer=prompt_layer,
+        cpus_per_worker=cpus_per_worker,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        region_weight=region_weight,
+        grad_checkpointing=grad_checkpointing,
+        keep_checkpoints=keep_checkpoints,
+        log_every=log_every,
+        max_failures=max_failures,
+        datasets=datasets,
     )
     summary = train_task(config.__dict__, resume, ray_address)
     create_table_artifact(

@@ -52,6 +52,15 @@ def build(
         int | None, typer.Option("--num-cpus", help="CPUs of the local Ray (default: all)")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="rebuild finished units too")] = False,
+    id_salt: Annotated[
+        str | None,
+        typer.Option(
+            "--id-salt", help="salt of the hashed patient/sample ids (default: $MEDPCLIP_ID_SALT or built-in)"
+        ),
+    ] = None,
+    shard_max_bytes: Annotated[
+        int, typer.Option("--shard-max-bytes", help="target size of a shard, in bytes")
+    ] = 256 * 2**20,  # medpclip.corpus.shards.DEFAULT_SHARD_BYTES (tests/test_params.py checks)
 ) -> None:
     """Build (or resume) a corpus. Exit 0 when the build finished, even with rejected inputs."""
     from medpclip.corpus.build import BuildError, build_corpus
@@ -72,6 +81,8 @@ def build(
                 max_side=max_side,
                 num_cpus=num_cpus,
                 force=force,
+                id_salt=id_salt,
+                shard_max_bytes=shard_max_bytes,
                 on_plan=progress.on_plan,
                 on_unit=progress.on_unit,
             )
@@ -241,6 +252,31 @@ def train(
     num_cpus: Annotated[
         int | None, typer.Option("--num-cpus", help="CPUs of the local Ray (default: all)")
     ] = None,
+    prompt_layer: Annotated[
+        int | None,
+        typer.Option("--prompt-layer", help="vision layer the prompts enter (default: the model's)"),
+    ] = None,
+    cpus_per_worker: Annotated[int, typer.Option("--cpus-per-worker", help="CPUs per Ray Train worker")] = 1,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay")] = 0.1,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", help="warm-up steps (default: 10% of --steps, at most 500)")
+    ] = None,
+    region_weight: Annotated[
+        float, typer.Option("--region-weight", help="weight of the region loss against the image loss")
+    ] = 1.0,
+    grad_checkpointing: Annotated[
+        bool, typer.Option("--grad-checkpointing", help="recompute activations in backward (less memory)")
+    ] = False,
+    keep_checkpoints: Annotated[
+        int, typer.Option("--keep-checkpoints", help="checkpoints Ray Train keeps")
+    ] = 2,
+    log_every: Annotated[int, typer.Option("--log-every", help="steps between metric reports")] = 10,
+    max_failures: Annotated[
+        int, typer.Option("--max-failures", help="worker-group restarts from the latest checkpoint")
+    ] = 0,
+    datasets: Annotated[
+        str | None, typer.Option("--datasets", help="comma-separated datasets to train on (default: all)")
+    ] = None,
 ) -> None:
     """Pre-train MedP-CLIP on a corpus with Ray Train (resumable). Exit 0 when the run finished."""
     from ray.train import TrainingFailedError
@@ -256,15 +292,25 @@ def train(
         model=model,
         pretrained=str(pretrained) if pretrained else None,
         image_size=image_size,
+        prompt_layer=prompt_layer,
         steps=steps,
         batch_size=batch_size,
         accum_steps=accum_steps,
         workers=workers,
         gpu=gpu,
+        cpus_per_worker=cpus_per_worker,
         loader_workers=loader_workers,
         lr=lr,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        region_weight=region_weight,
+        grad_checkpointing=grad_checkpointing,
         seed=seed,
         checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        log_every=log_every,
+        max_failures=max_failures,
+        datasets=[d for d in (datasets or "").split(",") if d] or None,
     )
     try:
         result = run_training(cfg, resume=resume, ray_address=ray_address, num_cpus=num_cpus)
@@ -299,6 +345,7 @@ def evaluate_checkpoint(
     device: Annotated[
         str | None, typer.Option("--device", help="cpu, cuda (default: cuda if present)")
     ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the shuffled-prompts control")] = 0,
 ) -> None:
     """Zero-shot evaluation: image and region classification, image/region–text retrieval → the metrics view."""
     from medpclip.evaluate import evaluate
@@ -311,7 +358,9 @@ def evaluate_checkpoint(
         _fail(f"'{corpus}' is not a corpus (no build.json; run `medpclip build` first)")
     names = [d for d in (datasets or "").split(",") if d] or None
     try:
-        result = evaluate(corpus, checkpoint, split, datasets=names, batch_size=batch_size, device=device)
+        result = evaluate(
+            corpus, checkpoint, split, datasets=names, batch_size=batch_size, device=device, seed=seed
+        )
     except (TrainError, DataError, ModelError, CorpusError) as e:
         _fail(str(e))
     table = Table(title=f"{result.run_id} step {result.step} on {split}")

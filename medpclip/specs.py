@@ -12,22 +12,32 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from medpclip.sources.base import compile_regex
+from medpclip.sources.registry import FAMILIES
+from medpclip.vocab import SPLITS, Modality
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "dataset_specs"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 CUI_RE = re.compile(r"^C\d{7}$")
 CONCEPT_LOCAL_RE = re.compile(r"^MEDP:\d{4}$")
 
-FormatFamily = Literal["volumes", "raster", "tables", "dicom", "contours", "reports"]
 Access = Literal["open", "registration", "credentialed"]
-Modality = Literal[
-    "CT", "MR", "PET", "US", "XR", "endoscopy", "dermoscopy", "fundus", "pathology", "OCT", "other"
-]
-SPLITS = ("train", "val", "test")
+# the families, in registry order (sources/registry.py is the one list of them)
+FormatFamily = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]
 
 
 class SpecError(ValueError):
@@ -68,11 +78,31 @@ class LabelEntry(_Strict):
         return v
 
 
-class FormatSpec(_Strict):
-    """Which reader family reads the dataset, and the family's options (documented in each reader)."""
+def _format_model(family: str, options: type[BaseModel]) -> type[BaseModel]:
+    model = create_model(
+        f"{family.capitalize()}Format",
+        __base__=_Strict,
+        __doc__=f"``family: {family}`` and its options ({options.__module__}.{options.__name__}).",
+        __module__=__name__,
+        family=(Literal[family], ...),
+        options=(options, Field(default_factory=options)),
+    )
+    globals()[model.__name__] = model  # a module attribute, so specs pickle (discovery worker processes)
+    return model
 
-    family: FormatFamily
-    options: dict[str, Any] = Field(default_factory=dict)
+
+# Which reader family reads the dataset, with that family's options model: a union tagged by ``family``, so a
+# misspelt or ill-typed option is refused when the spec loads, naming its field (``format.options.layuot``).
+FormatSpec = Annotated[
+    Union[tuple(_format_model(f.family, f.options) for f in FAMILIES.values())],  # noqa: UP007
+    Field(discriminator="family"),
+]
+_FORMAT_ADAPTER = TypeAdapter(FormatSpec)
+
+
+def format_spec(family: str, options: dict[str, Any]) -> BaseModel:
+    """A validated ``format`` value (a reader handing part of its dataset to another family: LIDC → dicom)."""
+    return _FORMAT_ADAPTER.validate_python({"family": family, "options": options})
 
 
 class IntensitySpec(_Strict):
@@ -143,12 +173,7 @@ class PatientIdSpec(_Strict):
     @classmethod
     def _regex(cls, v: str | None) -> str | None:
         if v is not None:
-            try:
-                compiled = re.compile(v)
-            except re.error as e:
-                raise ValueError(f"invalid regex: {e}") from None
-            if "pid" not in compiled.groupindex:
-                raise ValueError("regex needs a named group (?P<pid>...)")
+            compile_regex(v, ("pid",))
         return v
 
 
@@ -243,7 +268,12 @@ class DatasetSpec(_Strict):
 
 def _format_validation_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    parts = [str(p) for p in first["loc"]]
+    if parts[:1] == ["format"] and parts[1:2] and parts[1] in FAMILIES:
+        del parts[1]  # pydantic names the union member taken (the family): not a field of the file
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        parts.append("family")
+    loc = ".".join(parts) or "(top level)"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown field (check the spelling; see `medpclip specs show demo_ct` for a complete spec)"

@@ -410,9 +410,9 @@ def test_contour_off_the_series_is_unmatched(tmp_path):
 
 def test_polygon_fill_keeps_pixel_centres_inside_or_on_the_contour():
     rows, cols = np.array([1.0, 1.0, 4.0, 4.0]), np.array([2.0, 6.0, 6.0, 2.0])
-    m = dicom._fill_polygon(rows, cols, (8, 9))
+    m = dicom.fill_polygon(rows, cols, (8, 9))
     assert np.array_equal(np.argwhere(m), np.argwhere(np.pad(np.ones((4, 5), bool), ((1, 3), (2, 2)))))
-    tri = dicom._fill_polygon(np.array([0.0, 6.0, 6.0]), np.array([0.0, 0.0, 6.0]), (7, 7))
+    tri = dicom.fill_polygon(np.array([0.0, 6.0, 6.0]), np.array([0.0, 0.0, 6.0]), (7, 7))
     assert np.array_equal(tri, np.tril(np.ones((7, 7), bool)))
 
 

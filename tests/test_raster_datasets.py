@@ -20,7 +20,7 @@ from scipy import ndimage
 from medpclip.corpus.schema import sample_key
 from medpclip.frame import Box, Frame, ReadError, SourceItem
 from medpclip.sources import raster
-from medpclip.specs import DatasetSpec, resolve_spec
+from medpclip.specs import DatasetSpec, SpecError, parse_spec, resolve_spec
 
 H, W = 32, 40
 SPECS = ["kvasir_seg", "cvc_clinicdb", "isic2018", "busi", "montgomery", "shenzhen", "drive", "refuge"]
@@ -299,22 +299,26 @@ def test_spec_is_complete_for_a_user_with_the_download(name):
         ({"masks": ["masks/{stm}.jpg"]}, "unknown fields ['stm']"),
         ({"masks": ["masks/all.jpg"]}, "needs {stem} or a name_regex group"),
         ({"image_labels": [{"regex": "x"}]}, "named group (?P<label>...)"),
-        (
-            {"image_labels": [{"regex": "(?P<label>x)", "map": {"x": "fracture"}}]},
-            "'fracture' is not in spec",
-        ),
         ({"mask_mode": "ranges"}, "needs 'ranges'"),
         ({"numbered_groups": {"size": 10, "ranges": [[1, 5]]}}, "exactly one of"),
         ({"splits": {"*": "holdout"}}, "splits"),
     ],
 )
-def test_bad_options_fail_discovery_once(raw, change, fragment):
+def test_bad_options_fail_when_the_spec_loads(change, fragment):
     data = resolve_spec("kvasir_seg").model_dump(mode="json")
     data["format"]["options"].update(change)
+    with pytest.raises(SpecError, match=r"^<spec>: field 'format\.options") as e:
+        parse_spec(data)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_options_against_the_labels_fail_discovery_once(raw):
+    data = resolve_spec("kvasir_seg").model_dump(mode="json")
+    data["format"]["options"].update({"image_labels": [{"regex": "(?P<label>x)", "map": {"x": "fracture"}}]})
     spec = DatasetSpec.model_validate(data)
     with pytest.raises(ReadError) as e:
         list(raster.discover(spec, raw / spec.root))
-    assert e.value.reason == "bad_option" and fragment in e.value.detail
+    assert e.value.reason == "bad_option" and "'fracture' is not in spec" in e.value.detail
 
 
 # --- Kvasir-SEG: lossy RGB JPEG masks, boxes JSON ----------------------------------------------------------

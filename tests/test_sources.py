@@ -17,7 +17,7 @@ from scipy import ndimage
 from medpclip import demo
 from medpclip.frame import ReadError, SourceFile
 from medpclip.sources import READERS, contours, dicom, get_reader, raster, reports, tables, volumes
-from medpclip.specs import DatasetSpec, parse_spec, resolve_spec
+from medpclip.specs import DatasetSpec, SpecError, parse_spec, resolve_spec
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 
@@ -45,25 +45,28 @@ def _spec(base: str, **changes) -> DatasetSpec:
     return parse_spec(data)
 
 
-def test_registry_maps_families_to_modules():
-    assert READERS == {
-        "volumes": volumes,
-        "raster": raster,
-        "tables": tables,
-        "dicom": dicom,
-        "contours": contours,
-        "reports": reports,
+def test_registry_maps_families_to_options_and_readers():
+    assert {name: (f.options, f.reader) for name, f in READERS.items()} == {
+        "volumes": (volumes.VolumeOptions, "medpclip.sources.volumes.reader"),
+        "raster": (raster.RasterOptions, "medpclip.sources.raster.reader"),
+        "tables": (tables.TableOptions, "medpclip.sources.tables.reader"),
+        "dicom": (dicom.DicomOptions, "medpclip.sources.dicom.reader"),
+        "contours": (contours.ContourOptions, "medpclip.sources.contours.reader"),
+        "reports": (reports.ReportOptions, "medpclip.sources.reports.reader"),
     }
-    assert get_reader("tables") is tables
+    assert {name: f.unit_items for name, f in READERS.items()} == {
+        "volumes": 4, "dicom": 4, "contours": 4, "raster": 2000, "tables": 2000, "reports": 2000,
+    }  # fmt: skip
+    reader = get_reader("tables")
+    assert reader.family == "tables" and reader.options is tables.TableOptions
     with pytest.raises(ValueError, match="unknown format family 'nope'"):
         get_reader("nope")
 
 
-def test_unknown_option_is_refused_at_discovery(raw):
-    spec = _spec("demo_ct", format__options={"layout": "msd", "chanel": 1})
-    with pytest.raises(ReadError) as e:
-        list(volumes.discover(spec, raw / spec.root))
-    assert e.value.reason == "bad_option" and "chanel" in e.value.detail
+def test_unknown_option_is_refused_when_the_spec_loads():
+    with pytest.raises(SpecError, match=r"field 'format.options.chanel': unknown field") as e:
+        _spec("demo_ct", format__options={"layout": "msd", "chanel": 1})
+    assert "\n" not in str(e.value)
 
 
 # --- volumes: MSD demo CT ----------------------------------------------------------------------------------

@@ -97,3 +97,58 @@ def test_yaml_aliases_are_refused(tmp_path):
     with pytest.raises(SpecError, match="aliases .* are not allowed") as e:
         load_spec_file(_write(tmp_path, bomb))
     assert "\n" not in str(e.value)
+
+
+# --- format options are checked when a spec loads (issue 13) ----------------------------------------------
+
+
+def _shipped_with(tmp_path: Path, name: str, edit) -> Path:
+    data = yaml.safe_load((Path(__file__).parent.parent / "dataset_specs" / f"{name}.yaml").read_text())
+    edit(data["format"]["options"])
+    return _write(tmp_path, data, f"{name}.yaml")
+
+
+@pytest.mark.parametrize(
+    "name, edit, fragment",
+    [
+        # a misspelt option: once accepted by `specs validate`, then a build-time reject of the whole dataset
+        (
+            "msd_spleen",
+            lambda o: o.update(layuot=o.pop("layout")),
+            "field 'format.options.layuot': unknown field",
+        ),
+        # a malformed regex: once a bare re.error traceback from planning
+        (
+            "brats2021",
+            lambda o: o.update(case_regex="(?P<case>["),
+            "field 'format.options': Value error, invalid regex",
+        ),
+        # a wrong type deep inside a family's options (tables: one box table's column list)
+        (
+            "vindr_cxr",
+            lambda o: o["boxes_table"][1].update(box_format="cxcywh"),
+            "format.options.boxes_table",
+        ),
+        # options of another family (dicom's `voi` on a volumes spec)
+        ("msd_liver", lambda o: o.update(voi=True), "field 'format.options.voi': unknown field"),
+    ],
+)
+def test_format_option_errors_are_one_line_at_load(tmp_path, name, edit, fragment):
+    path = _shipped_with(tmp_path, name, edit)
+    with pytest.raises(SpecError) as e:
+        load_spec_file(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: ") and fragment in msg and "\n" not in msg
+
+
+def test_loaded_options_are_the_family_model_with_its_defaults():
+    from medpclip.sources.volumes.options import VolumeOptions
+
+    spec = resolve_spec("msd_spleen")
+    assert isinstance(spec.format.options, VolumeOptions)
+    assert spec.format.options.layout == "msd" and spec.format.options.index == "dataset.json"
+    assert spec.format.options.max_pixels == 1 << 30
+    with pytest.raises(SpecError, match=r"field 'format.family': Input tag 'pictures' found"):
+        from medpclip.specs import parse_spec
+
+        parse_spec({**resolve_spec("msd_spleen").model_dump(mode="json"), "format": {"family": "pictures"}})

@@ -15,12 +15,10 @@ through its three steps (``prepare_build``, ``run_units``, ``finish_build``) so 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import itertools
 import json
-import logging
 import os
 import time
 from collections import Counter
@@ -36,11 +34,10 @@ from medpclip.corpus.plan import (
     BuildParams,
     Plan,
     WorkUnit,
-    check_spec_size,
     code_version,
     plan_build,
 )
-from medpclip.corpus.shards import DEFAULT_SHARD_BYTES, ShardInfo, atomic_write_json, load_json, write_indexes
+from medpclip.corpus.shards import DEFAULT_SHARD_BYTES, ShardInfo, write_indexes
 from medpclip.corpus.split import (
     Overrides,
     derive_overrides,
@@ -50,12 +47,16 @@ from medpclip.corpus.split import (
 )
 from medpclip.corpus.unit import marker_path, remove_stale_units, run_unit_json, write_parquet
 from medpclip.faults import fault_point
+from medpclip.fileio import atomic_write_json, load_json
 from medpclip.qa.report import write_report
+from medpclip.raysession import ray_session
 from medpclip.specs import DatasetSpec
 
 _IN_FLIGHT_PER_CPU = 2  # enough that a CPU never waits on the driver for its next unit
 
 __all__ = [
+    "BUILD_EXEMPT",
+    "BUILD_OPTIONS",
     "BuildError",
     "BuildParams",
     "BuildResult",
@@ -63,41 +64,9 @@ __all__ = [
     "build_corpus",
     "finish_build",
     "prepare_build",
-    "ray_session",
     "run_units",
     "settle_splits",
 ]
-
-
-# --- Ray ---------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def ray_session(ray_address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
-    """Connect to the cluster at ``ray_address`` (or ``RAY_ADDRESS``), else start a local Ray with
-    ``num_cpus``; shut it down on exit if this call started it. Inside a Ray job, Ray is already set up."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    address = ray_address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
-    if address is None:  # resources can only be set for a Ray this process starts
-        # "local": never attach to a cluster some `ray start` on this machine left behind (ray_current_cluster)
-        address = "local"
-        kwargs.update(
-            num_cpus=num_cpus or os.cpu_count(),
-            object_store_memory=256 * 1024 * 1024,
-            include_dashboard=False,
-        )
-    # Local Ray workers inherit this: a fault point in a worker can then take the whole build down (faults.py).
-    os.environ["MEDPCLIP_DRIVER_PID"] = str(os.getpid())
-    ray.init(address=address, **kwargs)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def run_units(
@@ -164,8 +133,6 @@ def prepare_build(
         raise BuildError(f"raw root '{raw_root}' is not a directory")
     if max_side < 16:
         raise BuildError(f"--max-side must be at least 16, got {max_side}")
-    for spec in specs:
-        check_spec_size(spec)
     params = BuildParams(
         max_side=max_side,
         id_salt=id_salt or os.environ.get("MEDPCLIP_ID_SALT") or BuildParams.id_salt,
@@ -311,6 +278,16 @@ class BuildResult:
     nodes: list[str]
     seconds: float
     units_rerun: int = 0  # units run again with duplicate split overrides (``settle_splits``)
+
+
+#: The keyword parameters of :func:`build_corpus` that ``medpclip build``, the ``build-corpus`` flow and
+#: the ``pipeline`` flow expose (defaults: :func:`build_corpus`'s own; tests/test_params.py checks all three).
+BUILD_OPTIONS = ("ray_address", "max_side", "num_cpus", "force", "id_salt", "shard_max_bytes")
+#: Keyword parameters of :func:`build_corpus` deliberately not exposed, with the reason.
+BUILD_EXEMPT = {
+    "on_plan": "a progress callback (the CLI's progress bar), not a value a user passes",
+    "on_unit": "a progress callback (the CLI's progress bar), not a value a user passes",
+}
 
 
 def build_corpus(

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from medpclip.corpus.schema import KEY_RE, load_sample_json_schema
-from medpclip.corpus.shards import iter_samples, load_json, read_sample
+from medpclip.corpus.shards import iter_samples, read_sample
+from medpclip.fileio import load_json
 from medpclip.regions import decode_rle, tight_box
 from medpclip.warehouse import CorpusError, connect
 

@@ -28,11 +28,6 @@ from medpclip.specs import DatasetSpec
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # Modules (and their data) that decide the bytes of a sample; a change to any of them changes every fingerprint.
 _OUTPUT_CODE = ("frame.py", "imaging.py", "regions.py", "specs.py", "sources", "text", "corpus")
-# Items per unit by family: a few volumes or series (hundreds of slices each) or a few thousand 2D images.
-_UNIT_ITEMS_DEFAULT = {
-    "volumes": 4, "dicom": 4, "raster": 2000, "tables": 2000, "contours": 4, "reports": 2000,
-}  # fmt: skip
-_UNIT_ITEMS_FALLBACK = 64
 
 
 class BuildError(RuntimeError):
@@ -112,30 +107,6 @@ class Plan:
 
 
 # --- plan ------------------------------------------------------------------------------------------------
-
-MAX_OPTION_VALUES = 100_000  # far above any real spec (the largest shipped one has a few hundred)
-
-
-def check_spec_size(spec: DatasetSpec) -> None:
-    """Refuse a spec whose free-form ``format.options`` expand to an absurd size: ``yaml.safe_load`` builds
-    no objects from tags, but a 'billion laughs' document of nested aliases loads as a small shared graph
-    that explodes when anything walks it (hashing the spec into a fingerprint, writing build.json). The walk
-    here stops at ``MAX_OPTION_VALUES``."""
-    budget = MAX_OPTION_VALUES
-    stack: list[object] = [spec.format.options]
-    while stack:
-        node = stack.pop()
-        budget -= 1
-        if budget < 0:
-            raise BuildError(
-                f"spec '{spec.name}': format.options expand to more than {MAX_OPTION_VALUES:,} values "
-                "(nested YAML aliases?); refused before any work"
-            )
-        if isinstance(node, dict):
-            stack.extend(node.keys())
-            stack.extend(node.values())
-        elif isinstance(node, list | tuple):
-            stack.extend(node)
 
 
 def code_version() -> str:
@@ -217,7 +188,7 @@ def plan_build(
                 continue
             seen[prefix] = item.case_id
             unique.append(item)
-        per_unit = spec.unit_items or _UNIT_ITEMS_DEFAULT.get(spec.format.family, _UNIT_ITEMS_FALLBACK)
+        per_unit = spec.unit_items or reader.unit_items
         spec_json = spec.model_dump_json()
         for n, start in enumerate(range(0, len(unique), per_unit)):
             chunk = tuple(unique[start : start + per_unit])

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from medpclip import imaging, regions
-from medpclip.corpus.schema import SCHEMA_VERSION, hash_id, stable_json
+from medpclip.corpus.schema import SCHEMA_VERSION, hash_id
+from medpclip.fileio import stable_json
 from medpclip.frame import Box, Frame, Point
 from medpclip.specs import DatasetSpec
 from medpclip.text import prompts

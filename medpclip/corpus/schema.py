@@ -74,13 +74,6 @@ def hash_id(salt: str, dataset: str, raw_id: str) -> str:
     return hashlib.sha256(f"{salt}\x00{dataset}\x00{raw_id}".encode()).hexdigest()[:16]
 
 
-def stable_json(obj: Any) -> bytes:
-    """The one JSON encoding used for every file the build writes: sorted keys, compact, UTF-8, newline."""
-    return (
-        json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
-    ).encode()
-
-
 # --- Arrow schemas of the manifests --------------------------------------------------------------------
 
 SAMPLES = pa.schema(

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from medpclip.corpus.schema import stable_json
 from medpclip.faults import fault_point
+from medpclip.fileio import atomic_write_json
 
 TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed, and not 0, which some tools show as "missing"
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
@@ -29,27 +28,6 @@ class ShardInfo:
     n_samples: int
     bytes: int
     sha256: str
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks (source volumes and checkpoints are large)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a whole file under a temporary name, then rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: object) -> None:
-    atomic_write_bytes(path, stable_json(obj))
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -199,7 +177,3 @@ def write_indexes(root: Path, shards: list[ShardInfo]) -> None:
             "shardlist": [{"url": s.path, "nsamples": s.n_samples, "filesize": s.bytes} for s in items],
         }
         atomic_write_json(root / f"wids-{split}.json", index)
-
-
-def load_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -24,9 +24,10 @@ from medpclip.corpus import schema
 from medpclip.corpus.plan import Plan, WorkUnit
 from medpclip.corpus.sample import make_sample
 from medpclip.corpus.schema import reject_row
-from medpclip.corpus.shards import ShardInfo, ShardWriter, atomic_write_json, load_json, sha256_file
+from medpclip.corpus.shards import ShardInfo, ShardWriter
 from medpclip.corpus.split import assign_split, split_by_rule
 from medpclip.faults import fault_point
+from medpclip.fileio import atomic_write_json, load_json, sha256_file
 from medpclip.frame import Frame, ReadError
 from medpclip.sources import get_reader
 from medpclip.sources._common import inside_dataset

@@ -311,6 +311,16 @@ def _dataset_classes(corpus: Path, dataset: str) -> tuple[list[str], list[str]]:
     return [c for (c,) in cats if c], sorted({_norm(label) for (label,) in labels if label})
 
 
+#: The keyword parameters of :func:`evaluate` that ``medpclip eval``, the ``evaluate`` flow and the
+#: ``pipeline`` flow expose (defaults: :func:`evaluate`'s own; tests/test_params.py checks all three).
+EVAL_OPTIONS = ("split", "datasets", "batch_size", "device", "seed")
+#: Keyword parameters of :func:`evaluate` deliberately not exposed, with the reason.
+EVAL_EXEMPT = {
+    "prompt_kinds": "the prompt kinds make up the published metric set; a subset is a library/bench knob",
+    "write": "entry points always write CORPUS/metrics/ (that is their output); False is for tests/bench",
+}
+
+
 def evaluate(
     corpus: Path,
     checkpoint: Path,
@@ -327,7 +337,7 @@ def evaluate(
 
     ``split`` is one split or several joined by commas (``val,test``: held-out patients of both); rows
     then carry ``val+test``. Writes ``CORPUS/metrics/*.parquet`` unless ``write`` is False."""
-    from medpclip.corpus.shards import atomic_write_bytes
+    from medpclip.fileio import atomic_write_bytes
     from medpclip.train.loop import load_checkpoint
 
     corpus = Path(corpus).resolve()

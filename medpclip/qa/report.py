@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medpclip.corpus.shards import atomic_write_bytes
+from medpclip.fileio import atomic_write_bytes
 from medpclip.qa.sheets import choose_keys, contact_sheet
 from medpclip.warehouse import connect
 

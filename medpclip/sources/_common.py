@@ -12,9 +12,10 @@ from typing import TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from medpclip.frame import Intensity, ReadError, SourceFile, SourceItem
+from medpclip.sources.base import DEFAULT_MAX_PIXELS, Options, check_pixels
 from medpclip.specs import DatasetSpec, LabelEntry
 
 # OS and archive debris that sits next to real data (format reference §0.1)
@@ -22,30 +23,17 @@ JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 JUNK_DIRS = frozenset({"__MACOSX"})
 
 
-class Options(BaseModel):
-    """Base of each family's options: unknown keys are refused, so a typo in a spec fails loudly."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# Pixels (voxels) one image or volume may have, checked against the HEADER before anything is allocated:
-# 2^30 is a 1024 × 1024 × 1024 volume (2 GiB as int16), above the largest public CT (512 × 512 × ~1500).
-DEFAULT_MAX_PIXELS = 1 << 30
-
-
-class ReaderOptions(Options):
-    """Options every family takes. ``max_pixels``: an image or volume whose header claims more pixels (voxels,
-    × frames × samples per pixel) is refused as ``too_large`` before its data is read."""
-
-    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
-
-
 OptionsT = TypeVar("OptionsT", bound=Options)
 
 
 def parse_options(spec: DatasetSpec, model: type[OptionsT]) -> OptionsT:
+    """The spec's options as ``model``. A loaded spec's ``format.options`` already is one (specs validate
+    options when they load); this refuses a spec handed to the wrong family."""
+    options = spec.format.options
+    if isinstance(options, model):
+        return options
     try:
-        return model.model_validate(spec.format.options)
+        return model.model_validate(options)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(options)"
@@ -233,21 +221,6 @@ def resolve_label(spec: DatasetSpec, raw: str) -> LabelEntry:
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits: scanner values
 
 
-def check_pixels(shape: Iterable[int], rel: str, max_pixels: int, what: str = "image") -> None:
-    """Refuse a header's claimed size before anything of that size is allocated: ``bad_dimensions`` for a
-    dimension below 1, ``too_large`` above ``max_pixels`` (format option, default 2^30)."""
-    dims = [int(d) for d in shape]
-    if any(d < 1 for d in dims):
-        raise ReadError("bad_dimensions", f"{rel}: {what} shape {tuple(dims)} has a dimension below 1")
-    n = int(np.prod(dims, dtype=object))
-    if n > max_pixels:
-        raise ReadError(
-            "too_large",
-            f"{rel}: the header claims a {' x '.join(map(str, dims))} {what} ({n:,} pixels), over the limit "
-            f"of {max_pixels:,} (format.options.max_pixels); not read",
-        )
-
-
 def _open(path: Path, rel: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     try:
         img = Image.open(path)  # reads the header only
@@ -276,10 +249,12 @@ def load_image(
     (MONOCHROME1 inverted) as ``uint8`` through the file's VOI LUT/window (``dicom_voi``) or when stored in
     8 bits, else ``raw``.
     """
-    from medpclip.sources import dicom  # imported here: dicom builds on this module
+    # imported here: pydicom is a heavy import that a PNG-only dataset never needs
+    from medpclip.sources.dicom.files import is_dicom_path
+    from medpclip.sources.dicom.image import load_dicom_image
 
-    if dicom.is_dicom_path(path):
-        return dicom.load_dicom_image(path, rel, voi=dicom_voi, grey=grey, max_pixels=max_pixels)
+    if is_dicom_path(path):
+        return load_dicom_image(path, rel, voi=dicom_voi, grey=grey, max_pixels=max_pixels)
     with _open(path, rel, max_pixels) as img:
         if img.mode in _WIDE_MODES:
             return np.asarray(img), "raw"

@@ -3,8 +3,8 @@ MoNuSeg; tables: COCO).
 
 - :func:`polygon_crop` fills a polygon on the crop of the image that holds it: a pixel belongs to the
   polygon when its CENTRE lies inside or on the outline, pixel ``(r, c)`` having its centre at ``(x=c, y=r)``
-  (the rule of ``skimage.draw.polygon(rows=Y, cols=X)`` that MoNuSeg loaders use, and of RTSTRUCT
-  rasterization in ``sources.dicom``). ``boundary=False`` leaves out the pixels the outline runs through
+  (the rule of ``skimage.draw.polygon(rows=Y, cols=X)`` that MoNuSeg loaders use; :func:`fill_polygon`, also
+  DICOM RTSTRUCT's rasterization). ``boundary=False`` leaves out the pixels the outline runs through
   (LIDC readers drew their outlines just outside the nodule).
 - :class:`InstanceLayers` packs many instance masks into a few full-size masks so that no two instances of
   one layer touch (8-connectivity): the region extraction, which numbers the connected components of each
@@ -25,9 +25,36 @@ import numpy as np
 from scipy import ndimage
 
 from medpclip.frame import Box
-from medpclip.sources.dicom import fill_polygon
 
 _EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def fill_polygon(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels whose centres lie inside or on the polygon (even-odd rule), pixel centres at integer (r, c)."""
+    h, w = shape
+    out = np.zeros((h, w), dtype=bool)
+    if rows.size < 3:
+        return out
+    y0, x0 = rows, cols
+    y1, x1 = np.roll(rows, -1), np.roll(cols, -1)
+    r_lo = max(0, math.ceil(float(rows.min()) - 1e-9))
+    r_hi = min(h - 1, math.floor(float(rows.max()) + 1e-9))
+    eps = 1e-6
+    for r in range(r_lo, r_hi + 1):
+        for lower_closed in (True, False):  # half-open both ways: the union keeps the boundary rows
+            if lower_closed:
+                hit = ((y0 <= r) & (r < y1)) | ((y1 <= r) & (r < y0))
+            else:
+                hit = ((y0 < r) & (r <= y1)) | ((y1 < r) & (r <= y0))
+            if not hit.any():
+                continue
+            t = (r - y0[hit]) / (y1[hit] - y0[hit])
+            xs = np.sort(x0[hit] + t * (x1[hit] - x0[hit]))
+            for a, b in zip(xs[0::2], xs[1::2], strict=False):
+                c0, c1 = max(0, math.ceil(a - eps)), min(w - 1, math.floor(b + eps))
+                if c0 <= c1:
+                    out[r, c0 : c1 + 1] = True
+    return out
 
 
 def polygon_crop(

@@ -106,26 +106,9 @@ Modules: ``files`` (the DICOM file test, reading datasets, decoding pixels, head
 
 from __future__ import annotations
 
-from medpclip.sources.dicom.annotations import MaskChannels, _fill_polygon, fill_polygon
-from medpclip.sources.dicom.discovery import discover
-from medpclip.sources.dicom.files import is_dicom_path, read_dataset, read_header_fields
-from medpclip.sources.dicom.image import load_dicom_image, read_dicom_image
-from medpclip.sources.dicom.reader import read
-from medpclip.sources.dicom.series import StackBox, StackPoint, load_series, volume_frames
+from medpclip.sources.base import lazy_attributes
 
-__all__ = [
-    "MaskChannels",
-    "StackBox",
-    "StackPoint",
-    "_fill_polygon",
-    "discover",
-    "fill_polygon",
-    "is_dicom_path",
-    "load_dicom_image",
-    "load_series",
-    "read",
-    "read_dataset",
-    "read_dicom_image",
-    "read_header_fields",
-    "volume_frames",
-]
+# Lazy (PEP 562), as in every family package: ``medpclip.specs`` imports ``dicom.options`` without the reader.
+__getattr__ = lazy_attributes(
+    __name__, ("options", "annotations", "discovery", "files", "image", "reader", "series")
+)

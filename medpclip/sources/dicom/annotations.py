@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,15 +12,16 @@ from pydicom.multival import MultiValue
 
 from medpclip.frame import ReadError, SourceItem
 from medpclip.sources._common import existing, files_of, load_mask, resolve_label
-from medpclip.sources.dicom.files import _float, decode_pixels, read_dataset
-from medpclip.sources.dicom.functional_groups import _group
-from medpclip.sources.dicom.geometry import Geometry, _vec
+from medpclip.sources._shapes import fill_polygon
+from medpclip.sources.dicom.files import as_float, decode_pixels, read_dataset
+from medpclip.sources.dicom.functional_groups import functional_group
+from medpclip.sources.dicom.geometry import Geometry, as_vector
 from medpclip.sources.dicom.options import DicomOptions, SeriesMasks
 from medpclip.specs import DatasetSpec
 
 
 @dataclass
-class _Channels:
+class Channels:
     """Named binary masks over a (k, rows, cols) stack, bit-packed 8 per byte; ``annotators`` says who drew
     each channel where the source says (LIDC: one channel per reader), else None."""
 
@@ -46,10 +46,10 @@ class _Channels:
             plane[k] |= mask.astype(np.uint8) * bit
 
 
-MaskChannels = _Channels  # public name for sibling readers (sources.contours)
+MaskChannels = Channels  # public name for sibling readers (sources.contours)
 
 
-class _Labeller:
+class Labeller:
     def __init__(self, spec: DatasetSpec, opts: DicomOptions):
         self.spec = spec
         self.ignore = [p.lower() for p in opts.ignore_labels]
@@ -89,7 +89,7 @@ def _seg_frames(ds: Dataset, rel: str, max_pixels: int) -> list[_SegFrame]:
     # NumberOfFrames decides how many frames there are; pydicom's liver_1frame.dcm keeps three per-frame items
     # for its single stored frame, so the per-frame items are read for the stored frames only.
     if str(ds.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL":
-        top = _float(ds.get("MaximumFractionalValue"), 255.0)
+        top = as_float(ds.get("MaximumFractionalValue"), 255.0)
         masks = arr >= top / 2.0
     else:
         masks = arr != 0
@@ -100,10 +100,10 @@ def _seg_frames(ds: Dataset, rel: str, max_pixels: int) -> list[_SegFrame]:
         )
     out = []
     for f in range(masks.shape[0]):
-        ident = _group(ds, f, "SegmentIdentificationSequence")
+        ident = functional_group(ds, f, "SegmentIdentificationSequence")
         segment = int(ident.ReferencedSegmentNumber) if ident is not None else 1
         sop, src_frames = None, ()
-        deriv = _group(ds, f, "DerivationImageSequence")
+        deriv = functional_group(ds, f, "DerivationImageSequence")
         if deriv is not None and deriv.get("SourceImageSequence"):
             src = deriv.SourceImageSequence[0]
             sop = str(src.get("ReferencedSOPInstanceUID", "")) or None
@@ -112,41 +112,10 @@ def _seg_frames(ds: Dataset, rel: str, max_pixels: int) -> list[_SegFrame]:
             values = frames if isinstance(frames, MultiValue | list | tuple) else [frames]
             numbers = [int(v) - 1 for v in values if v is not None and str(v).strip()]
             src_frames = tuple(dict.fromkeys(numbers))
-        pp = _group(ds, f, "PlanePositionSequence")
-        position = _vec(pp.get("ImagePositionPatient"), 3) if pp is not None else None
+        pp = functional_group(ds, f, "PlanePositionSequence")
+        position = as_vector(pp.get("ImagePositionPatient"), 3) if pp is not None else None
         out.append(_SegFrame(segment, sop, src_frames, position, masks[f]))
     return out
-
-
-def _fill_polygon(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels whose centres lie inside or on the polygon (even-odd rule), pixel centres at integer (r, c)."""
-    h, w = shape
-    out = np.zeros((h, w), dtype=bool)
-    if rows.size < 3:
-        return out
-    y0, x0 = rows, cols
-    y1, x1 = np.roll(rows, -1), np.roll(cols, -1)
-    r_lo = max(0, math.ceil(float(rows.min()) - 1e-9))
-    r_hi = min(h - 1, math.floor(float(rows.max()) + 1e-9))
-    eps = 1e-6
-    for r in range(r_lo, r_hi + 1):
-        for lower_closed in (True, False):  # half-open both ways: the union keeps the boundary rows
-            if lower_closed:
-                hit = ((y0 <= r) & (r < y1)) | ((y1 <= r) & (r < y0))
-            else:
-                hit = ((y0 < r) & (r <= y1)) | ((y1 < r) & (r <= y0))
-            if not hit.any():
-                continue
-            t = (r - y0[hit]) / (y1[hit] - y0[hit])
-            xs = np.sort(x0[hit] + t * (x1[hit] - x0[hit]))
-            for a, b in zip(xs[0::2], xs[1::2], strict=False):
-                c0, c1 = max(0, math.ceil(a - eps)), min(w - 1, math.floor(b + eps))
-                if c0 <= c1:
-                    out[r, c0 : c1 + 1] = True
-    return out
-
-
-fill_polygon = _fill_polygon  # public name for sibling modules (sources._shapes)
 
 
 def _contour_points(contour: Dataset) -> np.ndarray | None:
@@ -156,8 +125,8 @@ def _contour_points(contour: Dataset) -> np.ndarray | None:
     return np.asarray([float(v) for v in data], dtype=np.float64).reshape(-1, 3)
 
 
-def _add_rtstruct(
-    ds: Dataset, rel: str, geo: Geometry, sop_to_k: dict[tuple[str, int | None], int], ch: _Channels, label_of
+def add_rtstruct(
+    ds: Dataset, rel: str, geo: Geometry, sop_to_k: dict[tuple[str, int | None], int], ch: Channels, label_of
 ) -> None:
     names = {
         int(r.ROINumber): str(r.get("ROIName", "") or f"ROI {r.ROINumber}")
@@ -195,16 +164,16 @@ def _add_rtstruct(
                     f"(plane at {float(pts.mean(axis=0) @ geo.normal):.2f} mm along the normal)",
                 )
             r, cc = geo.to_pixels(k, pts)
-            ch.set(c, k, _fill_polygon(r, cc, geo.shape), xor=True)
+            ch.set(c, k, fill_polygon(r, cc, geo.shape), xor=True)
 
 
-def _add_seg(
+def add_seg(
     ds: Dataset,
     rel: str,
     geo: Geometry | None,
     sop_to_k: dict[tuple[str, int | None], int],
     shape: tuple[int, int],
-    ch: _Channels,
+    ch: Channels,
     label_of,
     segment_mode: str,
     max_pixels: int,
@@ -270,7 +239,7 @@ def _seg_frame_slices(fr: _SegFrame, sop_to_k: dict[tuple[str, int | None], int]
     return list(dict.fromkeys(ks))
 
 
-def _annotation_datasets(raw_root: Path, item: SourceItem) -> list[tuple[str, str, Dataset]]:
+def annotation_datasets(raw_root: Path, item: SourceItem) -> list[tuple[str, str, Dataset]]:
     out = []
     for role in ("seg", "rtstruct"):
         for rel in files_of(item, role):
@@ -278,8 +247,8 @@ def _annotation_datasets(raw_root: Path, item: SourceItem) -> list[tuple[str, st
     return out
 
 
-def _add_mask_files(
-    spec: DatasetSpec, entry: SeriesMasks, raw_root: Path, item: SourceItem, channels: _Channels
+def add_mask_files(
+    spec: DatasetSpec, entry: SeriesMasks, raw_root: Path, item: SourceItem, channels: Channels
 ) -> None:
     """One mask file per slice (``masks`` option) → channels, in the entry's file order."""
     depth, rows, cols = channels.shape

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from medpclip.frame import ReadError, SourceFile, SourceItem
 from medpclip.sources._common import glob_files, make_item, parse_options, raw_path, sorted_items
 from medpclip.sources.dicom.files import DICOM_SUFFIXES, is_dicom_path, read_dataset
-from medpclip.sources.dicom.geometry import _slice_geo, _SliceGeo
+from medpclip.sources.dicom.geometry import SliceGeo, slice_geo
 from medpclip.sources.dicom.options import DicomOptions
 from medpclip.specs import DatasetSpec
 
@@ -49,7 +49,7 @@ class _Header:
     kind: str  # image | seg | rtstruct | other
     localizer: bool
     burned_in: bool  # BurnedInAnnotation YES: identifying text in the pixels
-    geo: _SliceGeo | None
+    geo: SliceGeo | None
     enhanced_geo: bool
     ref_series: tuple[str, ...] = ()
     ref_sops: tuple[str, ...] = ()
@@ -104,8 +104,8 @@ def _header(ds: Dataset, rel: PurePosixPath) -> _Header:
         kind=kind,
         localizer="LOCALIZER" in image_type,
         burned_in=str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES",
-        geo=_slice_geo(ds) if n_frames == 1 else None,
-        enhanced_geo=n_frames > 1 and _slice_geo(ds, 0) is not None,
+        geo=slice_geo(ds) if n_frames == 1 else None,
+        enhanced_geo=n_frames > 1 and slice_geo(ds, 0) is not None,
         ref_series=tuple(s for s in ref_series if s),
         ref_sops=tuple(s for s in ref_sops if s),
     )

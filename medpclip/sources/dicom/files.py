@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from medpclip.frame import ReadError
-from medpclip.sources._common import DEFAULT_MAX_PIXELS, check_pixels
+from medpclip.sources.base import DEFAULT_MAX_PIXELS, check_pixels
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
 
@@ -97,7 +97,7 @@ def read_header_fields(path: Path, rel: str, keywords: list[str]) -> dict[str, s
     return {k: str(ds.get(k, "") or "") for k in keywords}
 
 
-def _float(v, default: float) -> float:
+def as_float(v, default: float) -> float:
     try:
         return float(v) if v is not None and v != "" else default
     except (TypeError, ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 
 
-def _group(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
+def functional_group(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
     """The first item of a functional group macro for one frame: per-frame first, then shared."""
     per = ds.get("PerFrameFunctionalGroupsSequence")
     if per is not None and frame < len(per) and sequence in per[frame] and per[frame][sequence].value:
@@ -16,11 +16,11 @@ def _group(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
     return None
 
 
-def _frame_view(ds: Dataset, frame: int) -> Dataset:
+def frame_view(ds: Dataset, frame: int) -> Dataset:
     """A dataset for one frame's intensity: the per-frame Pixel Value Transformation and Frame VOI LUT (which
     ``apply_modality_lut`` on the whole dataset ignores) copied over the top-level values."""
-    pvt = _group(ds, frame, "PixelValueTransformationSequence")
-    voi = _group(ds, frame, "FrameVOILUTSequence")
+    pvt = functional_group(ds, frame, "PixelValueTransformationSequence")
+    voi = functional_group(ds, frame, "FrameVOILUTSequence")
     if pvt is None and voi is None:
         return ds
     view = Dataset()

@@ -8,13 +8,13 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from medpclip.frame import ReadError
-from medpclip.sources.dicom.files import _float
-from medpclip.sources.dicom.functional_groups import _group
+from medpclip.sources.dicom.files import as_float
+from medpclip.sources.dicom.functional_groups import functional_group
 
 _IRREGULAR_GAP = 0.10  # relative deviation of a slice gap from the median that makes a series irregular
 
 
-def _vec(v, n: int) -> np.ndarray | None:
+def as_vector(v, n: int) -> np.ndarray | None:
     if v is None or len(v) != n:
         return None
     try:
@@ -25,7 +25,7 @@ def _vec(v, n: int) -> np.ndarray | None:
 
 
 @dataclass
-class _SliceGeo:
+class SliceGeo:
     position: np.ndarray  # ImagePositionPatient (LPS mm), centre of the first pixel
     orientation: np.ndarray  # 6 direction cosines: row direction (along a row), column direction
     spacing: tuple[float, float]  # (between rows, between columns) mm
@@ -77,7 +77,7 @@ class Geometry:
         return rel @ self.col_dir / self.spacing[0], rel @ self.row_dir / self.spacing[1]
 
 
-def _geometry(slices: list[_SliceGeo], rel: str) -> tuple[Geometry, list[int]]:
+def geometry_of(slices: list[SliceGeo], rel: str) -> tuple[Geometry, list[int]]:
     """Order slices along their normal; refuse stacks that are no volume. Returns the geometry and the order."""
     first = slices[0]
     for s in slices[1:]:
@@ -115,25 +115,28 @@ def _geometry(slices: list[_SliceGeo], rel: str) -> tuple[Geometry, list[int]]:
     return geo, order
 
 
-def _slice_geo(ds: Dataset, frame: int | None = None) -> _SliceGeo | None:
+def slice_geo(ds: Dataset, frame: int | None = None) -> SliceGeo | None:
     if frame is None:
-        pos, ori = _vec(ds.get("ImagePositionPatient"), 3), _vec(ds.get("ImageOrientationPatient"), 6)
+        pos, ori = (
+            as_vector(ds.get("ImagePositionPatient"), 3),
+            as_vector(ds.get("ImageOrientationPatient"), 6),
+        )
         sp, thick = ds.get("PixelSpacing"), ds.get("SliceThickness")
     else:
         pp, po, pm = (
-            _group(ds, frame, "PlanePositionSequence"),
-            _group(ds, frame, "PlaneOrientationSequence"),
-            _group(ds, frame, "PixelMeasuresSequence"),
+            functional_group(ds, frame, "PlanePositionSequence"),
+            functional_group(ds, frame, "PlaneOrientationSequence"),
+            functional_group(ds, frame, "PixelMeasuresSequence"),
         )
-        pos = _vec(pp.get("ImagePositionPatient"), 3) if pp is not None else None
-        ori = _vec(po.get("ImageOrientationPatient"), 6) if po is not None else None
+        pos = as_vector(pp.get("ImagePositionPatient"), 3) if pp is not None else None
+        ori = as_vector(po.get("ImageOrientationPatient"), 6) if po is not None else None
         sp = pm.get("PixelSpacing") if pm is not None else None
         thick = pm.get("SliceThickness") if pm is not None else None
-    spacing = _vec(sp, 2)
+    spacing = as_vector(sp, 2)
     if pos is None or ori is None or spacing is None or spacing.min() <= 0:
         return None
     shape = (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0))
-    return _SliceGeo(pos, ori, (float(spacing[0]), float(spacing[1])), shape, _float(thick, 0.0) or None)
+    return SliceGeo(pos, ori, (float(spacing[0]), float(spacing[1])), shape, as_float(thick, 0.0) or None)
 
 
 # Where a frame's pixel spacing is: PixelSpacing (in the patient) before the detector's ImagerPixelSpacing, each
@@ -145,13 +148,13 @@ _SPACING_AT = (
 )  # fmt: skip
 
 
-def _spacing(ds: Dataset, frame: int = 0) -> tuple[float, float] | None:
+def pixel_spacing(ds: Dataset, frame: int = 0) -> tuple[float, float] | None:
     """(between rows, between columns) mm of one frame, or None when the file gives none."""
     for macro, key in _SPACING_AT:
-        src = ds if macro is None else _group(ds, frame, macro)
+        src = ds if macro is None else functional_group(ds, frame, macro)
         v = src.get(key) if src is not None else None
         if v is not None and len(v) == 2:
-            r, c = _float(v[0], 0.0), _float(v[1], 0.0)
+            r, c = as_float(v[0], 0.0), as_float(v[1], 0.0)
             if r > 0 and c > 0:
                 return r, c
     return None

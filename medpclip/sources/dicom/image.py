@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from medpclip.frame import Intensity, ReadError
-from medpclip.sources._common import DEFAULT_MAX_PIXELS
+from medpclip.sources.base import DEFAULT_MAX_PIXELS
 from medpclip.sources.dicom.files import decode_pixels, read_dataset
-from medpclip.sources.dicom.geometry import _spacing
+from medpclip.sources.dicom.geometry import pixel_spacing
 from medpclip.sources.dicom.intensity import frame_images
 
 
@@ -45,7 +45,7 @@ def read_dicom_image(
             array = np.asarray(Image.fromarray(array).convert("L"))
         else:
             array = array.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return DicomImage(np.ascontiguousarray(array), intensity, _spacing(ds))
+    return DicomImage(np.ascontiguousarray(array), intensity, pixel_spacing(ds))
 
 
 def load_dicom_image(

@@ -11,12 +11,12 @@ from pydicom.multival import MultiValue
 
 from medpclip import imaging
 from medpclip.frame import Intensity
-from medpclip.sources.dicom.files import _float
-from medpclip.sources.dicom.functional_groups import _frame_view
+from medpclip.sources.dicom.files import as_float
+from medpclip.sources.dicom.functional_groups import frame_view
 
 
-def _rescale_of(ds: Dataset) -> tuple[float, float]:
-    return _float(ds.get("RescaleSlope"), 1.0), _float(ds.get("RescaleIntercept"), 0.0)
+def rescale_of(ds: Dataset) -> tuple[float, float]:
+    return as_float(ds.get("RescaleSlope"), 1.0), as_float(ds.get("RescaleIntercept"), 0.0)
 
 
 def _stored_range(ds: Dataset) -> tuple[int, int]:
@@ -26,7 +26,7 @@ def _stored_range(ds: Dataset) -> tuple[int, int]:
     return 0, (1 << bits) - 1
 
 
-def _modality_lut(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, tuple[float, float]]:
+def modality_lut(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, tuple[float, float]]:
     """Stored values → modality values, and the range the stored range maps to."""
     lo, hi = _stored_range(ds)
     if "ModalityLUTSequence" in ds and ds.ModalityLUTSequence:
@@ -35,7 +35,7 @@ def _modality_lut(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, tuple[fl
         out = apply_modality_lut(stored, ds)
         bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
         return out, (0.0, float((1 << bits) - 1))
-    slope, intercept = _rescale_of(ds)
+    slope, intercept = rescale_of(ds)
     if slope == 1.0 and intercept == 0.0:
         return stored, (float(lo), float(hi))
     a, b = lo * slope + intercept, hi * slope + intercept
@@ -74,7 +74,7 @@ def _first(v) -> float | None:
         return None
     if isinstance(v, MultiValue | list | tuple):
         v = v[0] if len(v) else None
-    value = _float(v, math.nan)
+    value = as_float(v, math.nan)
     return value if math.isfinite(value) else None
 
 
@@ -101,9 +101,9 @@ def _grey_2d(stored: np.ndarray, ds: Dataset, voi: bool) -> tuple[np.ndarray, In
     """One grey frame's stored values → (array, intensity) by the rules in the package docstring."""
     monochrome1 = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
     if str(ds.get("Modality", "")).upper() == "CT":
-        hu, _ = _modality_lut(stored, ds)
+        hu, _ = modality_lut(stored, ds)
         return np.asarray(hu), "hu"
-    values, (lo, hi) = _modality_lut(stored, ds)
+    values, (lo, hi) = modality_lut(stored, ds)
     if voi:
         u8 = _voi_to_uint8(values, ds)
         if u8 is not None:
@@ -145,4 +145,4 @@ def frame_images(ds: Dataset, stored: np.ndarray, voi: bool) -> Iterator[tuple[n
         if samples > 1 or str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
             yield _colour(frames[f], ds)
         else:
-            yield _grey_2d(frames[f], _frame_view(ds, f), voi)
+            yield _grey_2d(frames[f], frame_view(ds, f), voi)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from medpclip.sources._common import Options, ReaderOptions
+from medpclip.sources.base import Options, ReaderOptions, compile_regex
 
 
 class SeriesMasks(Options):
@@ -26,10 +25,7 @@ class SeriesMasks(Options):
     @field_validator("series")
     @classmethod
     def _regex(cls, v: str) -> str:
-        try:
-            re.compile(v)
-        except re.error as e:
-            raise ValueError(f"invalid regex: {e}") from None
+        compile_regex(v)
         return v
 
     @model_validator(mode="after")

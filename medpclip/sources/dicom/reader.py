@@ -11,19 +11,19 @@ from pydicom.dataset import Dataset
 from medpclip.frame import Frame, Intensity, ReadError, SourceItem
 from medpclip.sources._common import existing, files_of, parse_options, raise_item_error
 from medpclip.sources.dicom.annotations import (
-    _add_mask_files,
-    _add_rtstruct,
-    _add_seg,
-    _annotation_datasets,
-    _Channels,
-    _Labeller,
+    Channels,
+    Labeller,
+    add_mask_files,
+    add_rtstruct,
+    add_seg,
+    annotation_datasets,
 )
 from medpclip.sources.dicom.files import decode_pixels, frame_modality, read_dataset
-from medpclip.sources.dicom.functional_groups import _frame_view
-from medpclip.sources.dicom.geometry import Geometry, _geometry, _slice_geo, _spacing
-from medpclip.sources.dicom.intensity import _rescale_of, frame_images
+from medpclip.sources.dicom.functional_groups import frame_view
+from medpclip.sources.dicom.geometry import Geometry, geometry_of, pixel_spacing, slice_geo
+from medpclip.sources.dicom.intensity import frame_images, rescale_of
 from medpclip.sources.dicom.options import DicomOptions
-from medpclip.sources.dicom.series import SeriesVolume, _Stack, load_series, volume_frames
+from medpclip.sources.dicom.series import SeriesVolume, SliceStack, load_series, volume_frames
 from medpclip.specs import DatasetSpec
 
 
@@ -59,18 +59,18 @@ def _volume_frames(
     intensity: Intensity,
     modality: str | None,
 ) -> Iterator[Frame]:
-    channels = _Channels(stack.shape)
-    label_of = _Labeller(spec, opts)
-    for role, rel, ds in _annotation_datasets(raw_root, item):
+    channels = Channels(stack.shape)
+    label_of = Labeller(spec, opts)
+    for role, rel, ds in annotation_datasets(raw_root, item):
         if role == "seg":
-            _add_seg(
+            add_seg(
                 ds, rel, geo, sop_to_k, geo.shape, channels, label_of, opts.segment_label, opts.max_pixels
             )
         else:
-            _add_rtstruct(ds, rel, geo, sop_to_k, channels, label_of)
+            add_rtstruct(ds, rel, geo, sop_to_k, channels, label_of)
     entry = item.meta_dict().get("masks")
     if entry is not None:
-        _add_mask_files(spec, opts.masks[int(entry)], raw_root, item, channels)
+        add_mask_files(spec, opts.masks[int(entry)], raw_root, item, channels)
     vol = SeriesVolume(stack, geo, sop_to_k, intensity, modality)
     yield from volume_frames(spec, item, vol, channels)
 
@@ -83,19 +83,19 @@ def _read_enhanced(
     stored = decode_pixels(ds, rel, opts.max_pixels)
     n = int(ds.get("NumberOfFrames") or 1)
     frames = stored if n > 1 else stored[None]
-    geos = [_slice_geo(ds, f) for f in range(frames.shape[0])]
+    geos = [slice_geo(ds, f) for f in range(frames.shape[0])]
     ct = str(ds.get("Modality", "")).upper() == "CT"
     try:
         if any(g is None for g in geos):
             raise ReadError("inconsistent_series", f"{rel}: frames without plane position/orientation")
-        geo, order = _geometry(geos, rel)
+        geo, order = geometry_of(geos, rel)
     except ReadError as e:
         # Not one volume (several stacks, phases or echoes): every frame as a native 2D image, in file order.
         yield from _frames_as_images(spec, opts, raw_root, item, rel, ds, stored, e.detail)
         return
-    views = [_frame_view(ds, f) for f in order]
-    rescale = [_rescale_of(v) for v in views]
-    stack = _Stack(geo.depth, geo.shape, rescale)
+    views = [frame_view(ds, f) for f in order]
+    rescale = [rescale_of(v) for v in views]
+    stack = SliceStack(geo.depth, geo.shape, rescale)
     sop = str(ds.get("SOPInstanceUID", ""))
     sop_to_k: dict[tuple[str, int | None], int] = {}
     for k, f in enumerate(order):
@@ -133,11 +133,11 @@ def _frames_as_images(
     if n == 1:
         sop_to_k[(sop, 0)] = 0
     all_frames = {sop: range(frames.shape[0])} if n > 1 else None
-    channels = _Channels((frames.shape[0], *shape))
-    label_of = _Labeller(spec, opts)
-    for role, arel, ads in _annotation_datasets(raw_root, item):
+    channels = Channels((frames.shape[0], *shape))
+    label_of = Labeller(spec, opts)
+    for role, arel, ads in annotation_datasets(raw_root, item):
         if role == "seg":
-            _add_seg(
+            add_seg(
                 ads, arel, None, sop_to_k, shape, channels, label_of, opts.segment_label, opts.max_pixels,
                 all_frames,
             )  # fmt: skip
@@ -152,6 +152,6 @@ def _frames_as_images(
             if m.any():
                 masks.append((label, m.astype(bool)))
         yield Frame(
-            item=item, image=img, intensity=intensity, plane="im", slice_index=f, spacing_mm=_spacing(ds, f),
+            item=item, image=img, intensity=intensity, plane="im", slice_index=f, spacing_mm=pixel_spacing(ds, f),
             masks=masks, modality=frame_modality(ds),
         )  # fmt: skip

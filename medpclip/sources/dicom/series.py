@@ -14,10 +14,10 @@ from pydicom.dataset import Dataset
 from medpclip import imaging
 from medpclip.frame import Box, Frame, Intensity, Point, ReadError, SourceItem
 from medpclip.sources._common import DEFAULT_MAX_PIXELS, check_pixels, existing, files_of
-from medpclip.sources.dicom.annotations import _Channels
-from medpclip.sources.dicom.files import _float, decode_pixels, frame_modality, read_dataset
-from medpclip.sources.dicom.geometry import Geometry, _geometry, _slice_geo, _SliceGeo
-from medpclip.sources.dicom.intensity import _modality_lut, _rescale_of
+from medpclip.sources.dicom.annotations import Channels
+from medpclip.sources.dicom.files import as_float, decode_pixels, frame_modality, read_dataset
+from medpclip.sources.dicom.geometry import Geometry, SliceGeo, geometry_of, slice_geo
+from medpclip.sources.dicom.intensity import modality_lut, rescale_of
 from medpclip.specs import DatasetSpec
 
 _PLANES_OF_AXIS = {0: "sa", 1: "co", 2: "ax"}
@@ -47,18 +47,18 @@ def load_series(
     headers = [read_dataset(existing(raw_root, rel), rel, header_only=True) for rel in rels]
     geos = []
     for rel, ds in zip(rels, headers, strict=True):
-        g = _slice_geo(ds)
+        g = slice_geo(ds)
         if g is None:
             raise ReadError("inconsistent_series", f"{rel}: no ImagePositionPatient/Orientation/PixelSpacing")
         geos.append(g)
     if drop_repeated and len(geos) > 1:
         keep = _first_at_each_position(headers, geos, rels)
         rels, headers, geos = [rels[i] for i in keep], [headers[i] for i in keep], [geos[i] for i in keep]
-    geo, order = _geometry(geos, item.case_id)
+    geo, order = geometry_of(geos, item.case_id)
     check_pixels((geo.depth, *geo.shape), item.case_id, max_pixels, "series")  # before the stack exists
     ct = str(headers[0].get("Modality", "")).upper() == "CT"
-    rescale = [_rescale_of(headers[i]) for i in order]
-    stack = _Stack(geo.depth, geo.shape, rescale)
+    rescale = [rescale_of(headers[i]) for i in order]
+    stack = SliceStack(geo.depth, geo.shape, rescale)
     sop_to_k: dict[tuple[str, int | None], int] = {}
     for k, i in enumerate(order):
         ds = read_dataset(existing(raw_root, rels[i]), rels[i])
@@ -71,7 +71,7 @@ def load_series(
     return SeriesVolume(stack.data, geo, sop_to_k, intensity, frame_modality(headers[0]))
 
 
-def _first_at_each_position(headers: list[Dataset], geos: list[_SliceGeo], rels: list[str]) -> list[int]:
+def _first_at_each_position(headers: list[Dataset], geos: list[SliceGeo], rels: list[str]) -> list[int]:
     """Indices of the slices to keep: per position along the normal (to 1 µm), the lowest InstanceNumber."""
     first = geos[0].orientation
     normal = np.cross(first[:3], first[3:])
@@ -82,14 +82,14 @@ def _first_at_each_position(headers: list[Dataset], geos: list[_SliceGeo], rels:
     best: dict[float, int] = {}
     for i, (ds, g) in enumerate(zip(headers, geos, strict=True)):
         at = round(float(g.position @ normal), 3)
-        rank = (_float(ds.get("InstanceNumber"), math.inf), rels[i])
+        rank = (as_float(ds.get("InstanceNumber"), math.inf), rels[i])
         j = best.get(at)
-        if j is None or rank < (_float(headers[j].get("InstanceNumber"), math.inf), rels[j]):
+        if j is None or rank < (as_float(headers[j].get("InstanceNumber"), math.inf), rels[j]):
             best[at] = i
     return sorted(best.values())
 
 
-class _Stack:
+class SliceStack:
     """The (k, rows, cols) volume being filled: int16 while every slice's modality values are integers that
     fit (CT with slope 1), widened to int32 when one does not; float32 when any rescale is fractional."""
 
@@ -99,7 +99,7 @@ class _Stack:
 
     def put(self, k: int, stored: np.ndarray, ds: Dataset) -> None:
         """Stored values → modality values (HU for CT); MONOCHROME1 (not expected in volumes) mirrored."""
-        values, (lo, hi) = _modality_lut(stored, ds)
+        values, (lo, hi) = modality_lut(stored, ds)
         if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
             values = (lo + hi) - values.astype(np.float64)
         if self.data.dtype.kind == "i":
@@ -167,7 +167,7 @@ def volume_frames(
     spec: DatasetSpec,
     item: SourceItem,
     vol: SeriesVolume,
-    channels: _Channels,
+    channels: Channels,
     *,
     points: tuple[StackPoint, ...] | list[StackPoint] = (),
     boxes: tuple[StackBox, ...] | list[StackBox] = (),

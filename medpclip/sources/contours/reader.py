@@ -63,15 +63,12 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Literal
 
 import numpy as np
-from pydantic import Field
 
 from medpclip.frame import Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources import dicom
 from medpclip.sources._common import (
-    ReaderOptions,
     existing,
     file_of,
     files_of,
@@ -87,27 +84,13 @@ from medpclip.sources._common import (
     sorted_items,
 )
 from medpclip.sources._shapes import InstanceLayers, polygon_crop, rejected_outline
-from medpclip.specs import SPLITS, DatasetSpec, FormatSpec
+from medpclip.sources.contours.options import (
+    ContourOptions,
+)
+from medpclip.specs import SPLITS, DatasetSpec, format_spec
 
 NODULE, SMALL_NODULE, NON_NODULE = "nodule", "small nodule", "non-nodule"
 _Z_TOLERANCE_MM = 0.05
-
-
-class ContourOptions(ReaderOptions):
-    layout: Literal["lidc", "imagescope"]
-    # lidc
-    files: str | list[str] = "**/*"
-    modalities: list[str] = Field(default_factory=lambda: ["CT"])
-    regions: Literal["mask", "box"] = "mask"
-    include_contour: bool = False
-    small_nodules: Literal["point", "skip"] = "point"
-    non_nodules: bool = False
-    repeated_slices: Literal["keep_lowest_instance", "reject"] = "keep_lowest_instance"
-    # imagescope
-    images: str | list[str] = "**/*.tif"
-    annotations: list[str] = Field(default_factory=lambda: ["{dir}/{stem}.xml"])
-    label: str | None = None
-    splits: dict[str, str] = Field(default_factory=dict)
 
 
 def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
@@ -147,11 +130,7 @@ def _number(value: str | None, rel: str, what: str) -> float:
 
 def _discover_lidc(spec: DatasetSpec, opts: ContourOptions, root: Path) -> Iterator[SourceItem]:
     dicom_spec = spec.model_copy(
-        update={
-            "format": FormatSpec(
-                family="dicom", options={"files": opts.files, "volume_modalities": opts.modalities}
-            )
-        }
+        update={"format": format_spec("dicom", {"files": opts.files, "volume_modalities": opts.modalities})}
     )
     items = []
     for item in dicom.discover(dicom_spec, root):

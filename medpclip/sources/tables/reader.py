@@ -89,13 +89,10 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
 
 from medpclip.frame import Box, Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources import dicom
 from medpclip.sources._common import (
-    Options,
-    ReaderOptions,
     existing,
     file_of,
     glob_files,
@@ -111,113 +108,15 @@ from medpclip.sources._common import (
     strip_dot,
 )
 from medpclip.sources._shapes import InstanceLayers, rejected_outline
-from medpclip.specs import SPLITS, DatasetSpec
-
-_BOX_ROLES = {"xywh": ("x", "y", "w", "h"), "xyxy": ("x0", "y0", "x1", "y1")}
-
-
-def _split_name(v: str | None) -> str | None:
-    if v is not None and v not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}")
-    return v
-
-
-class ImageTable(Options):
-    file: str | list[str]
-    image_column: str
-    labels_column: str | None = None
-    separator: str = "|"
-    label_columns: list[str] | Literal["auto"] = Field(default_factory=list)
-    ignore_columns: list[str] = Field(default_factory=list)
-    normal_labels: list[str] = Field(default_factory=list)
-    several_rows: bool = False
-    min_votes: int = Field(default=1, ge=1)
-    study_column: str | None = None
-    report_column: str | None = None
-    split: str | None = None
-
-    _split = field_validator("split")(_split_name)
-
-
-class BoxTable(Options):
-    file: str | list[str]
-    columns: list[str | None] | dict[str, str]
-    box_format: Literal["xywh", "xyxy"] = "xywh"
-    skip_header: bool = True
-    label: str | None = None
-    normal_labels: list[str] = Field(default_factory=list)
-    image_labels: bool = False
-    split: str | None = None
-
-    _split = field_validator("split")(_split_name)
-
-    @model_validator(mode="after")
-    def _roles(self) -> BoxTable:
-        coords = set(_BOX_ROLES[self.box_format])
-        need = {"image", *coords}
-        named = list(self.columns) if isinstance(self.columns, dict) else [c for c in self.columns if c]
-        allowed = need | {"label", "annotator"}
-        if len(named) != len(set(named)) or not need <= set(named) or set(named) - allowed:
-            raise ValueError(
-                f"columns must name each of {sorted(need)} once, optionally 'label' and 'annotator' "
-                "(null to skip a position)"
-            )
-        if ("label" in named) == (self.label is not None):
-            raise ValueError("give either a 'label' column or a constant 'label', not both or neither")
-        return self
-
-
-class RleTable(Options):
-    file: str | list[str]
-    image_column: str = "ImageId"
-    rle_column: str = "EncodedPixels"
-    label: str
-    empty: list[str] = Field(default_factory=lambda: ["-1"])
-    starts: Literal["relative", "absolute"] = "relative"
-    first_pixel: int = Field(default=0, ge=0)
-    order: Literal["F", "C"] = "F"
-    image_labels: bool = True
-    split: str | None = None
-
-    _split = field_validator("split")(_split_name)
-
-
-class CocoTable(Options):
-    file: str | list[str]
-    split: str | None = None
-    image_labels: bool = False
-
-    _split = field_validator("split")(_split_name)
-
-
-class TableOptions(ReaderOptions):
-    images: str | list[str]
-    match: Literal["name", "stem", "path"] = "name"
-    image_root: str = ""
-    image_table: ImageTable | list[ImageTable] | None = None
-    boxes_table: BoxTable | list[BoxTable] | None = None
-    rle_table: RleTable | list[RleTable] | None = None
-    coco: CocoTable | list[CocoTable] | None = None
-    split_lists: dict[str, str] = Field(default_factory=dict)
-    grey: bool = False
-    dicom_voi: bool = True
-    dicom_fields: list[str] = Field(default_factory=list)
-    study_field: str | None = None
-
-    @field_validator("split_lists")
-    @classmethod
-    def _splits(cls, v: dict[str, str]) -> dict[str, str]:
-        if set(v) - set(SPLITS):
-            raise ValueError(f"split names must be among {SPLITS}")
-        return v
-
-    def first_glob(self) -> str:
-        return self.images if isinstance(self.images, str) else self.images[0]
-
-    def tables(self, kind: str) -> list:
-        value = getattr(self, kind)
-        return [] if value is None else (value if isinstance(value, list) else [value])
-
+from medpclip.sources.tables.options import (
+    BOX_ROLES,
+    BoxTable,
+    CocoTable,
+    ImageTable,
+    RleTable,
+    TableOptions,
+)
+from medpclip.specs import DatasetSpec
 
 # --- discover ----------------------------------------------------------------------------------------------
 
@@ -442,7 +341,7 @@ def _is_one(v: str) -> bool:
 
 def _box_rows(root: Path, table: BoxTable, found: _Found, index: bool) -> None:
     """Rows → [(raw label, x0, y0, x1, y1, annotator)] per image; a malformed row marks its image."""
-    roles = _BOX_ROLES[table.box_format]
+    roles = BOX_ROLES[table.box_format]
     if isinstance(table.columns, dict):
         required = [col for role, col in table.columns.items() if role != "annotator"]
         name, header, lines = _header_table(root, table.file, required)

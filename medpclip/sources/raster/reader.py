@@ -67,19 +67,14 @@ import json
 import os
 import posixpath
 import re
-import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medpclip.frame import Box, Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources._common import (
-    Options,
-    ReaderOptions,
     existing,
     file_of,
     files_of,
@@ -94,128 +89,12 @@ from medpclip.sources._common import (
     resolve_label,
     sorted_items,
 )
+from medpclip.sources.raster.options import (
+    MaskPattern,
+    RasterOptions,
+    pattern_literal,
+)
 from medpclip.specs import DatasetSpec
-
-_FORMATTER = string.Formatter()
-_BUILTIN_FIELDS = ("stem", "dir")
-
-
-def _fields_of(pattern: str) -> set[str]:
-    return {name for _, name, _, _ in _FORMATTER.parse(pattern) if name is not None}
-
-
-def _literal(pattern: str) -> str:
-    """The pattern without its ``{fields}``: what decides whether it holds wildcards."""
-    return "".join(text for text, *_ in _FORMATTER.parse(pattern))
-
-
-class MaskPattern(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    pattern: str
-    label: str | None = None
-    when: str | None = None
-    required: bool = False
-    empty: bool = False
-
-
-class ImageLabelRule(Options):
-    regex: str
-    path: Literal["image", "mask"] = "image"  # not `on`: YAML 1.1 reads it as true
-    map: dict[str, str] | None = None
-
-    @field_validator("map", mode="before")
-    @classmethod
-    def _str_keys(cls, v: object) -> object:
-        return {str(k): v2 for k, v2 in v.items()} if isinstance(v, dict) else v  # YAML reads `0:` as int
-
-    @field_validator("regex")
-    @classmethod
-    def _regex(cls, v: str) -> str:
-        try:
-            compiled = re.compile(v)
-        except re.error as e:
-            raise ValueError(f"invalid regex: {e}") from None
-        if "label" not in compiled.groupindex:
-            raise ValueError("regex needs a named group (?P<label>...)")
-        return v
-
-
-class NumberedGroups(Options):
-    size: int | None = Field(default=None, ge=1)
-    ranges: list[tuple[int, int]] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _one(self) -> NumberedGroups:
-        if (self.size is None) == (not self.ranges):
-            raise ValueError("give exactly one of 'size' and 'ranges'")
-        if any(lo > hi for lo, hi in self.ranges):
-            raise ValueError("each range is [first, last] with first <= last")
-        return self
-
-    def group_of(self, number: int) -> str | None:
-        if self.size is not None:
-            if number < 1:
-                return None
-            first = (number - 1) // self.size * self.size + 1
-            return f"{first:04d}-{first + self.size - 1:04d}"
-        for lo, hi in self.ranges:
-            if lo <= number <= hi:
-                return f"{lo:04d}-{hi:04d}"
-        return None
-
-
-class RasterOptions(ReaderOptions):
-    images: str | list[str]
-    exclude: list[str] = Field(default_factory=list)
-    name_regex: str | None = None
-    masks: list[str | MaskPattern] = Field(default_factory=list)
-    mask_mode: Literal["threshold", "values", "ranges"] = "threshold"
-    threshold: float = 127
-    label: str | None = None
-    values: dict[int, int] = Field(default_factory=dict)
-    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
-    merge_masks: bool = False
-    boxes_json: str | None = None
-    grey: bool = False
-    require_annotation: bool = True
-    image_labels: list[ImageLabelRule] = Field(default_factory=list)
-    normal_labels: list[str] = Field(default_factory=list)
-    splits: dict[str, Literal["train", "val", "test"]] = Field(default_factory=dict)
-    numbered_groups: NumberedGroups | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> RasterOptions:
-        if self.mask_mode == "values" and not self.values:
-            raise ValueError("mask_mode 'values' needs 'values' (mask pixel value → spec label value)")
-        if self.mask_mode == "ranges" and not self.ranges:
-            raise ValueError("mask_mode 'ranges' needs 'ranges' (label → [lo, hi] grey values)")
-        if any(lo > hi for lo, hi in self.ranges.values()):
-            raise ValueError("each of 'ranges' is [lo, hi] with lo <= hi")
-        groups = set(self.name_groups())
-        if groups & {*_BUILTIN_FIELDS, "group"}:
-            raise ValueError("name_regex groups may not be called stem, dir or group")
-        for m in self.mask_patterns():
-            used = _fields_of(m.pattern)
-            unknown = used - set(_BUILTIN_FIELDS) - groups
-            if unknown:
-                raise ValueError(f"mask pattern '{m.pattern}' uses unknown fields {sorted(unknown)}")
-            if not used & ({"stem"} | groups):
-                raise ValueError(f"mask pattern '{m.pattern}' needs {{stem}} or a name_regex group")
-            if self.mask_mode != "threshold" and (m.label or m.empty):
-                raise ValueError(f"mask pattern '{m.pattern}': label/empty apply to mask_mode threshold only")
-        return self
-
-    def name_groups(self) -> list[str]:
-        if self.name_regex is None:
-            return []
-        try:
-            return list(re.compile(self.name_regex).groupindex)
-        except re.error as e:
-            raise ValueError(f"name_regex: invalid regex: {e}") from None
-
-    def mask_patterns(self) -> list[MaskPattern]:
-        return [MaskPattern(pattern=m) if isinstance(m, str) else m for m in self.masks]
-
 
 # --- discover ----------------------------------------------------------------------------------------------
 
@@ -374,7 +253,7 @@ class _MaskFinder:
         self._listings: dict[str, list[str]] = {}
 
     def find(self, pattern: str, fields: dict[str, str]) -> list[Path]:
-        if not glob.has_magic(_literal(pattern)):
+        if not glob.has_magic(pattern_literal(pattern)):
             path = self.root / PurePosixPath(pattern.format(**fields))
             return [path] if path.is_file() else []
         rel = pattern.format(**{k: glob.escape(v) for k, v in fields.items()})

@@ -60,13 +60,9 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Literal
-
-from pydantic import Field
 
 from medpclip.frame import Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources._common import (
-    ReaderOptions,
     existing,
     file_of,
     files_of,
@@ -79,28 +75,14 @@ from medpclip.sources._common import (
     raw_path,
     sorted_items,
 )
+from medpclip.sources.reports.options import (
+    ReportOptions,
+)
 from medpclip.specs import DatasetSpec
 
 _SPLIT_NAMES = {"train": "train", "validate": "val", "val": "val", "test": "test"}
 # an upper-case header at the start of a line, up to its colon (MIMIC: " FINDINGS:", "IMPRESSION:")
 _HEADER = re.compile(r"(?m)^[ \t]*([A-Z][A-Z0-9 ()/,&'-]*?)[ \t]*:")
-
-
-class ReportOptions(ReaderOptions):
-    layout: Literal["openi", "mimic"]
-    images: str | list[str]
-    sections: list[str] = Field(default_factory=lambda: ["FINDINGS", "IMPRESSION"])
-    grey: bool = True
-    # openi
-    reports: str | list[str] = "ecgen-radiology/*.xml"
-    mesh_labels: bool = False
-    normal_labels: list[str] = Field(default_factory=lambda: ["normal"])
-    # mimic
-    split_table: str | list[str] = Field(
-        default_factory=lambda: ["mimic-cxr-2.0.0-split.csv.gz", "mimic-cxr-2.0.0-split.csv"]
-    )
-    require_report: bool = True
-    fallback: Literal["last_paragraph", "none"] = "last_paragraph"
 
 
 def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:

@@ -1,0 +1,126 @@
+"""The ``raster`` family's format options (``spec.format.options``; documented in ``raster/reader.py``).
+
+Imported by ``medpclip.specs`` (through ``sources/registry.py``), so options are checked when a spec loads;
+this module imports no reader and not ``medpclip.specs``.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from medpclip.sources.base import Options, ReaderOptions, compile_regex
+
+FORMATTER = string.Formatter()
+BUILTIN_FIELDS = ("stem", "dir")
+
+
+def pattern_fields(pattern: str) -> set[str]:
+    return {name for _, name, _, _ in FORMATTER.parse(pattern) if name is not None}
+
+
+def pattern_literal(pattern: str) -> str:
+    """The pattern without its ``{fields}``: what decides whether it holds wildcards."""
+    return "".join(text for text, *_ in FORMATTER.parse(pattern))
+
+
+class MaskPattern(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    pattern: str
+    label: str | None = None
+    when: str | None = None
+    required: bool = False
+    empty: bool = False
+
+
+class ImageLabelRule(Options):
+    regex: str
+    path: Literal["image", "mask"] = "image"  # not `on`: YAML 1.1 reads it as true
+    map: dict[str, str] | None = None
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _str_keys(cls, v: object) -> object:
+        return {str(k): v2 for k, v2 in v.items()} if isinstance(v, dict) else v  # YAML reads `0:` as int
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        compile_regex(v, ("label",))
+        return v
+
+
+class NumberedGroups(Options):
+    size: int | None = Field(default=None, ge=1)
+    ranges: list[tuple[int, int]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one(self) -> NumberedGroups:
+        if (self.size is None) == (not self.ranges):
+            raise ValueError("give exactly one of 'size' and 'ranges'")
+        if any(lo > hi for lo, hi in self.ranges):
+            raise ValueError("each range is [first, last] with first <= last")
+        return self
+
+    def group_of(self, number: int) -> str | None:
+        if self.size is not None:
+            if number < 1:
+                return None
+            first = (number - 1) // self.size * self.size + 1
+            return f"{first:04d}-{first + self.size - 1:04d}"
+        for lo, hi in self.ranges:
+            if lo <= number <= hi:
+                return f"{lo:04d}-{hi:04d}"
+        return None
+
+
+class RasterOptions(ReaderOptions):
+    images: str | list[str]
+    exclude: list[str] = Field(default_factory=list)
+    name_regex: str | None = None
+    masks: list[str | MaskPattern] = Field(default_factory=list)
+    mask_mode: Literal["threshold", "values", "ranges"] = "threshold"
+    threshold: float = 127
+    label: str | None = None
+    values: dict[int, int] = Field(default_factory=dict)
+    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    merge_masks: bool = False
+    boxes_json: str | None = None
+    grey: bool = False
+    require_annotation: bool = True
+    image_labels: list[ImageLabelRule] = Field(default_factory=list)
+    normal_labels: list[str] = Field(default_factory=list)
+    splits: dict[str, Literal["train", "val", "test"]] = Field(default_factory=dict)
+    numbered_groups: NumberedGroups | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> RasterOptions:
+        if self.mask_mode == "values" and not self.values:
+            raise ValueError("mask_mode 'values' needs 'values' (mask pixel value → spec label value)")
+        if self.mask_mode == "ranges" and not self.ranges:
+            raise ValueError("mask_mode 'ranges' needs 'ranges' (label → [lo, hi] grey values)")
+        if any(lo > hi for lo, hi in self.ranges.values()):
+            raise ValueError("each of 'ranges' is [lo, hi] with lo <= hi")
+        groups = set(self.name_groups())
+        if groups & {*BUILTIN_FIELDS, "group"}:
+            raise ValueError("name_regex groups may not be called stem, dir or group")
+        for m in self.mask_patterns():
+            used = pattern_fields(m.pattern)
+            unknown = used - set(BUILTIN_FIELDS) - groups
+            if unknown:
+                raise ValueError(f"mask pattern '{m.pattern}' uses unknown fields {sorted(unknown)}")
+            if not used & ({"stem"} | groups):
+                raise ValueError(f"mask pattern '{m.pattern}' needs {{stem}} or a name_regex group")
+            if self.mask_mode != "threshold" and (m.label or m.empty):
+                raise ValueError(f"mask pattern '{m.pattern}': label/empty apply to mask_mode threshold only")
+        return self
+
+    def name_groups(self) -> list[str]:
+        if self.name_regex is None:
+            return []
+        return list(compile_regex(self.name_regex).groupindex)
+
+    def mask_patterns(self) -> list[MaskPattern]:
+        return [MaskPattern(pattern=m) if isinstance(m, str) else m for m in self.masks]
