@@ -70,6 +70,7 @@ def pipeline_flow(
     max_failures: int = 0,
     train_datasets: list[str] | None = None,
     force: bool = False,
+    resume: bool = True,
     num_cpus: int | None = None,
     id_salt: str | None = None,
     shard_max_bytes: int = 256 * 2**20,
@@ -80,7 +81,7 @@ def pipeline_flow(
     """Build (or resume) the corpus, pre-train on its train split, evaluate the result on ``split`` (of
     ``datasets``, default all). Training parameters are the ``pretrain`` flow's (``medpclip train``'s), but
     ``train_datasets`` (``datasets`` is the evaluation's); build parameters the ``build-corpus`` flow's
-    (``num_cpus`` only sizes the build's local Ray); ``eval_batch_size``, ``device``, ``eval_seed`` are the
+    (``num_cpus`` sizes the local Ray of the build and of training); ``eval_batch_size``, ``device``, ``eval_seed`` are the
     ``evaluate`` flow's ``batch_size``, ``device``, ``seed``."""
     built = build_corpus_flow(
         specs=specs,
@@ -110,6 +111,8 @@ def pipeline_flow(
         image_size=image_size,
         seed=seed,
         ray_address=ray_address,
+        resume=resume,
+        num_cpus=num_cpus,
         prompt_layer=prompt_layer,
         cpus_per_worker=cpus_per_worker,
         weight_decay=weight_decay,

@@ -20,12 +20,14 @@ SUMMARY_METRICS = ("loss", "image_loss", "region_loss", "samples_per_s", "data_w
 
 
 @task(name="train", retries=1, retry_delay_seconds=10, cache_policy=NONE)
-def train_task(config: dict[str, Any], resume: bool, ray_address: str | None) -> dict[str, Any]:
+def train_task(
+    config: dict[str, Any], resume: bool, ray_address: str | None, num_cpus: int | None = None
+) -> dict[str, Any]:
     """One Ray Train run; a retry always resumes (the failed attempt may have left checkpoints)."""
     from medpclip.train.loop import TrainConfig, train  # torch, open_clip: loaded when a run needs them
 
     resume = resume or (task_run.run_count or 1) > 1
-    result = train(TrainConfig(**config), resume=resume, ray_address=ray_address)
+    result = train(TrainConfig.of(**config), resume=resume, ray_address=ray_address, num_cpus=num_cpus)
     get_run_logger().info(
         "run %s: step %d, checkpoint %s (%.0fs)",
         result.run_id,
@@ -53,6 +55,7 @@ def pretrain_flow(
     gpu: bool = False,
     resume: bool = True,
     ray_address: str | None = None,
+    num_cpus: int | None = None,
     lr: float = 5e-4,
     accum_steps: int = 1,
     checkpoint_every: int = 500,
@@ -75,7 +78,7 @@ def pretrain_flow(
     taken from the working directory of the process that runs the flow."""
     from medpclip.train.loop import TrainConfig
 
-    config = TrainConfig(
+    config = TrainConfig.of(
         corpus=str(Path(corpus).resolve()),
         out=str(Path(out).resolve()),
         model=model,
@@ -101,7 +104,7 @@ def pretrain_flow(
         max_failures=max_failures,
         datasets=datasets,
     )
-    summary = train_task(config.__dict__, resume, ray_address)
+    summary = train_task(config.model_dump(), resume, ray_address, num_cpus)
     create_table_artifact(
         [{"run_id": summary["run_id"], "step": summary["step"], **summary["metrics"]}],
         key="pretrain-summary",

@@ -27,6 +27,16 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _check_out_dir(out: Path, option: str = "--out") -> None:
+    """A directory the command creates: refuse, in one line, a path that is (or lies under) a file."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == out else f"is under {p}, a file"
+                _fail(f"{option} {out} {where}; give a directory (it is created)")
+            return
+
+
 # --- build --------------------------------------------------------------------------------------------------
 
 
@@ -63,6 +73,7 @@ def build(
     ] = 256 * 2**20,  # medpclip.corpus.shards.DEFAULT_SHARD_BYTES (tests/test_params.py checks)
 ) -> None:
     """Build (or resume) a corpus. Exit 0 when the build finished, even with rejected inputs."""
+    _check_out_dir(out)
     from medpclip.corpus.build import BuildError, build_corpus
     from medpclip.qa.progress import BuildProgress
     from medpclip.specs import SpecError, resolve_specs
@@ -117,6 +128,9 @@ def _print_summary(build: dict) -> None:
     t = build["totals"]
     table.add_row("total", "", str(t["samples"]), "", str(t["regions"]), str(t["rejects"]), style="bold")
     console.print(table)
+    for d in build["datasets"]:  # planning's notes: a table only part of whose images are on disk
+        for note in d.get("notes", ()):
+            console.print(f"{d['name']}: {note}", highlight=False, soft_wrap=True)
 
 
 # --- query, show, validate --------------------------------------------------------------------------------
@@ -279,6 +293,7 @@ def train(
     ] = None,
 ) -> None:
     """Pre-train MedP-CLIP on a corpus with Ray Train (resumable). Exit 0 when the run finished."""
+    _check_out_dir(out)
     from ray.train import TrainingFailedError
 
     from medpclip.model.medpclip import ModelError
@@ -286,32 +301,35 @@ def train(
     from medpclip.train.loop import TrainConfig, TrainError
     from medpclip.train.loop import train as run_training
 
-    cfg = TrainConfig(
-        corpus=str(corpus),
-        out=str(out),
-        model=model,
-        pretrained=str(pretrained) if pretrained else None,
-        image_size=image_size,
-        prompt_layer=prompt_layer,
-        steps=steps,
-        batch_size=batch_size,
-        accum_steps=accum_steps,
-        workers=workers,
-        gpu=gpu,
-        cpus_per_worker=cpus_per_worker,
-        loader_workers=loader_workers,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        region_weight=region_weight,
-        grad_checkpointing=grad_checkpointing,
-        seed=seed,
-        checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints,
-        log_every=log_every,
-        max_failures=max_failures,
-        datasets=[d for d in (datasets or "").split(",") if d] or None,
-    )
+    try:
+        cfg = TrainConfig.of(
+            corpus=str(corpus),
+            out=str(out),
+            model=model,
+            pretrained=str(pretrained) if pretrained else None,
+            image_size=image_size,
+            prompt_layer=prompt_layer,
+            steps=steps,
+            batch_size=batch_size,
+            accum_steps=accum_steps,
+            workers=workers,
+            gpu=gpu,
+            cpus_per_worker=cpus_per_worker,
+            loader_workers=loader_workers,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup=warmup,
+            region_weight=region_weight,
+            grad_checkpointing=grad_checkpointing,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints,
+            log_every=log_every,
+            max_failures=max_failures,
+            datasets=[d for d in (datasets or "").split(",") if d] or None,
+        )
+    except TrainError as e:
+        _fail(str(e))
     try:
         result = run_training(cfg, resume=resume, ray_address=ray_address, num_cpus=num_cpus)
     except (TrainError, DataError, ModelError) as e:
@@ -514,6 +532,7 @@ def demo_data(
     directory: Annotated[Path, typer.Argument(help="raw root to write the demo datasets into")],
 ) -> None:
     """Write the small demo datasets in their publishers' layouts (deterministic)."""
+    _check_out_dir(directory, "DIRECTORY")
     from medpclip.demo import write_demo_data
 
     written = write_demo_data(directory)

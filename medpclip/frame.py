@@ -85,7 +85,10 @@ class Frame:
     drew each mask where the dataset says (LIDC's readers): empty, or one entry (or None) per mask, in order.
     It is a list beside ``masks`` rather than a third element of each pair so that every reader and consumer
     that unpacks ``(label, mask)`` stays as it is. Boxes and points carry their annotator themselves and are
-    in this frame's pixel coordinates. ``modality`` is set where a dataset mixes modalities (AMOS: CT and MR
+    in this frame's pixel coordinates. ``outlined`` says the masks are polygons an annotator drew on this very
+    image (LIDC's and ImageScope's outlines, COCO polygons), not label maps, mask files or cuts through a 3D
+    mask: like boxes and points they are kept down to ``regions.min_drawn_pixels``, not held to the area rule
+    that removes slicing slivers and mask noise. ``modality`` is set where a dataset mixes modalities (AMOS: CT and MR
     cases under one spec); ``None`` means the spec's modality.
     """
 
@@ -99,6 +102,7 @@ class Frame:
     label_values: dict[int, str] = field(default_factory=dict)
     masks: list[tuple[str, np.ndarray]] = field(default_factory=list)
     mask_annotators: list[str | None] = field(default_factory=list)  # empty, or one per mask
+    outlined: bool = False  # the masks are outlines drawn on this image (see the class docstring)
     boxes: list[Box] = field(default_factory=list)
     points: list[Point] = field(default_factory=list)
     image_labels: list[str] = field(default_factory=list)
@@ -126,3 +130,16 @@ class ReadError(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+@dataclass(frozen=True)
+class DiscoveryNote:
+    """What a reader's ``discover`` says about the dataset as a whole rather than about one case, e.g. a table
+    whose rows name images that are not on disk. ``discover`` RETURNS these as its generator's value;
+    ``corpus.plan`` makes each one plan-stage reject row (``reason``, ``detail``, ``path``) and, where given,
+    one line of the build summary (``summary``). ``list(discover(…))`` drops them, so readers without notes need nothing."""
+
+    reason: str
+    detail: str
+    path: str
+    summary: str | None = None  # None: the reject row says it all (one absent mask file of a case)

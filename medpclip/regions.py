@@ -14,7 +14,9 @@ Rules kept here:
 - points: the first positive is the most interior pixel (Euclidean distance transform, image border counted as
   boundary, ties to the first pixel in row-major order); further positives come from the central half (distance
   ≥ median distance over the mask); negatives lie outside the mask in its box grown by 25 % per side;
-- regions under ``min_area_px`` are dropped (masks and boxes; a point has no area to judge).
+- mask-derived instances under ``min_area_px`` are dropped (``below_min_area``); what an annotator drew
+  (boxes; masks of outlines, ``outlined``) only under ``min_drawn_px`` (``degenerate_annotation``); a point
+  has no area to judge.
 
 Pure numpy/scipy/pycocotools. Work per instance runs on its cropped box, never the whole image, because this
 runs on millions of slices.
@@ -130,20 +132,27 @@ def extract_regions(
     rng_for: Callable[[str], np.random.Generator],
     n_pos: int = 3,
     n_neg: int = 2,
+    min_drawn_px: int = 1,
+    outlined: bool = False,
 ) -> tuple[list[Region], list[Drop]]:
     """Regions of one frame of ``shape`` (h, w), sorted by (label in order of first appearance, instance).
 
     ``mask_annotators`` is empty or one per mask (Frame.mask_annotators): every instance of a mask gets its
     mask's annotator. ``rng_for(f"{label}/{instance}")`` seeds each mask region's points. Bad annotations
     become drops, never exceptions: unknown_label_value, non_integer_label_map, mask_shape_mismatch,
-    below_min_area, invalid_box, box_outside_image, point_outside_image.
+    below_min_area, degenerate_annotation, invalid_box, box_outside_image, point_outside_image.
+
+    Sizes (``specs.RegionFilterSpec``): mask-derived instances under ``min_area_px`` are ``below_min_area``;
+    boxes, and mask instances when the masks are drawn outlines (``outlined``), are annotations kept down to
+    ``min_drawn_px`` (``degenerate_annotation`` below it).
     """
     h, w = int(shape[0]), int(shape[1])
     acc = _Accumulator()
 
     if label_map is not None:
         for label, crop_sl, crop_mask in _label_map_masks(label_map, label_values or {}, (h, w), acc):
-            _add_mask_instances(acc, label, crop_mask, crop_sl, (h, w), min_area_px, rng_for, n_pos, n_neg)
+            minimum = _MinSize(min_area_px)  # a label map is never an outline
+            _add_mask_instances(acc, label, crop_mask, crop_sl, (h, w), minimum, rng_for, n_pos, n_neg)
 
     # strict: annotators that do not pair one to one with the masks are a reader's bug, never guessed at
     annotators = mask_annotators or (None,) * len(masks)
@@ -155,10 +164,11 @@ def extract_regions(
         mask = mask.astype(bool, copy=False)
         x0, y0, x1, y1 = tight_box(mask)
         sl = (slice(y0, y1), slice(x0, x1))
-        _add_mask_instances(acc, label, mask[sl], sl, (h, w), min_area_px, rng_for, n_pos, n_neg, annotator)
+        minimum = _MinSize(min_drawn_px, drawn=True) if outlined else _MinSize(min_area_px)
+        _add_mask_instances(acc, label, mask[sl], sl, (h, w), minimum, rng_for, n_pos, n_neg, annotator)
 
     for box in boxes:
-        _add_box(acc, box, (h, w), min_area_px)
+        _add_box(acc, box, (h, w), _MinSize(min_drawn_px, drawn=True))
 
     for point in points:
         _add_point(acc, point, (h, w))
@@ -291,8 +301,29 @@ def _components(mask: np.ndarray) -> list[tuple[tuple[slice, slice], np.ndarray]
     return [(found[i], lab[found[i]] == i + 1) for i in order]
 
 
+@dataclass(frozen=True)
+class _MinSize:
+    """The smallest region kept: ``drawn`` for what an annotator drew (boxes, outlines), whose rule and
+    reason differ from those of mask-derived instances (``specs.RegionFilterSpec``)."""
+
+    px: int
+    drawn: bool = False
+
+    def rejects(self, acc: _Accumulator, label: str, area: int) -> bool:
+        """Drop a region of ``area`` px under the minimum (recorded in ``acc``); True when it was dropped."""
+        if area >= self.px:
+            return False
+        if self.drawn:
+            acc.drop(
+                label, "degenerate_annotation", f"drawn region of {area} px < {self.px} px (min_drawn_pixels)"
+            )
+        else:
+            acc.drop(label, "below_min_area", f"{area} px < {self.px} px")
+        return True
+
+
 def _add_mask_instances(
-    acc, label, crop_mask, crop_sl, shape, min_area_px, rng_for, n_pos, n_neg, annotator=None
+    acc, label, crop_mask, crop_sl, shape, minimum: _MinSize, rng_for, n_pos, n_neg, annotator=None
 ):
     comps = _components(crop_mask)
     first = acc.take_instances(label, len(comps))
@@ -300,8 +331,7 @@ def _add_mask_instances(
     for k, (sl, comp) in enumerate(comps):
         instance = first + k
         area = int(np.count_nonzero(comp))
-        if area < min_area_px:
-            acc.drop(label, "below_min_area", f"{area} px < {min_area_px} px")
+        if minimum.rejects(acc, label, area):
             continue
         y0, y1 = oy + sl[0].start, oy + sl[0].stop
         x0, x1 = ox + sl[1].start, ox + sl[1].stop
@@ -322,7 +352,7 @@ def _add_mask_instances(
         )
 
 
-def _add_box(acc, box: Box, shape, min_area_px):
+def _add_box(acc, box: Box, shape, minimum: _MinSize):
     h, w = shape
     instance = acc.take_instances(box.label, 1)
     bx0, by0, bx1, by1 = (float(v) for v in box.xyxy)
@@ -337,8 +367,7 @@ def _add_box(acc, box: Box, shape, min_area_px):
     if area == 0:
         acc.drop(box.label, "box_outside_image", f"xyxy {_fmt_xyxy(box.xyxy)} outside {w}x{h}")
         return
-    if area < min_area_px:
-        acc.drop(box.label, "below_min_area", f"{area} px < {min_area_px} px")
+    if minimum.rejects(acc, box.label, area):
         return
     acc.regions.append(
         Region(

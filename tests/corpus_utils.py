@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from medpclip.frame import Frame, SourceItem
+from medpclip.frame import DiscoveryNote, Frame, SourceItem
 from medpclip.sources import get_reader
 from medpclip.specs import DatasetSpec
 
@@ -49,6 +49,16 @@ def items_of(spec: DatasetSpec, raw: Path) -> dict[str, SourceItem]:
     items = list(get_reader(spec.format.family).discover(spec, raw / spec.root))
     assert [i.case_id for i in items] == sorted(i.case_id for i in items)
     return {i.case_id: i for i in items}
+
+
+def discovery_notes(spec: DatasetSpec, raw: Path) -> list[DiscoveryNote]:
+    """What ``discover`` returns after its items (``frame.DiscoveryNote``: plan-stage reject rows)."""
+    found = iter(get_reader(spec.format.family).discover(spec, raw / spec.root))
+    while True:
+        try:
+            next(found)
+        except StopIteration as stop:
+            return list(stop.value or ())
 
 
 def frames_of(spec: DatasetSpec, raw: Path, item: SourceItem) -> list[Frame]:

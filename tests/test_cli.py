@@ -102,3 +102,27 @@ def test_bad_arguments_are_one_line(tmp_path):
     assert res.exit_code == 2 and "is not a corpus" in res.output
     res = runner.invoke(app, ["query", "--corpus", str(tmp_path), "--format", "xml", "SELECT 1"])
     assert res.exit_code == 2 and "--format must be" in res.output
+    # a training value out of range: refused by TrainConfig (one model, every entry point) before Ray starts
+    res = runner.invoke(
+        app, ["train", "--corpus", str(tmp_path), "--out", str(tmp_path / "run"), "--steps", "0"]
+    )
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert "--steps: Input should be greater than or equal to 1 (got 0)" in res.output
+
+
+@pytest.mark.parametrize("command", ["build", "train"])
+def test_out_naming_a_file_is_one_line_and_exit_2(tmp_path, command):
+    somefile = tmp_path / "somefile.txt"
+    somefile.write_text("x")
+    args = {
+        "build": ["build", "--spec", "demo_ct", "--raw-root", str(tmp_path)],
+        "train": ["train", "--corpus", str(tmp_path)],
+    }[command]
+    for out, says in ((somefile, "is a file"), (somefile / "sub", f"is under {somefile}, a file")):
+        res = runner.invoke(app, [*args, "--out", str(out)])
+        assert res.exit_code == 2, res.output
+        assert "Traceback" not in res.output
+        assert res.output.count("\n") == 1, res.output
+        assert f"--out {out} {says}; give a directory (it is created)" in res.output
+    res = runner.invoke(app, ["demo-data", str(somefile)])
+    assert res.exit_code == 2 and f"DIRECTORY {somefile} is a file" in res.output

@@ -30,8 +30,8 @@ from pydicom.uid import (
 
 from medpclip.frame import Frame, ReadError, SourceItem
 from medpclip.sources import dicom, get_reader
-from medpclip.sources._common import load_image
-from medpclip.specs import DatasetSpec, parse_spec
+from medpclip.sources._common import read_image
+from medpclip.specs import DatasetSpec, parse_spec, resolve_spec
 
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
 
@@ -227,7 +227,8 @@ def test_jpeg2000_ct_decodes_to_hu(tmp_path):
     ds = pydicom.dcmread(src)
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.91" and ds.Modality == "CT"
     hu = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
-    img, intensity = load_image(src, "693_J2KI.dcm")
+    loaded = read_image(src, "693_J2KI.dcm")
+    img, intensity = loaded.array, loaded.intensity
     assert intensity == "hu" and img.dtype == np.int16 and np.array_equal(img, hu)
     (tmp_path / "DCM" / "cq500").mkdir(parents=True)
     shutil.copy(src, tmp_path / "DCM" / "cq500" / "CT000010.dcm")
@@ -249,8 +250,10 @@ def test_jpeg2000_ct_decodes_to_hu(tmp_path):
     ],
 )
 def test_lossless_mr_codecs_match_the_uncompressed_file(name):
-    ref, _ = load_image(_real("MR_small.dcm"), "MR_small.dcm", dicom_voi=False)
-    img, intensity = load_image(_real(name), name, dicom_voi=False)
+    loaded = read_image(_real("MR_small.dcm"), "MR_small.dcm", dicom_voi=False)
+    ref, _ = loaded.array, loaded.intensity
+    loaded = read_image(_real(name), name, dicom_voi=False)
+    img, intensity = loaded.array, loaded.intensity
     assert intensity == "raw" and np.array_equal(img, ref)
     assert np.array_equal(ref, pydicom.dcmread(_real("MR_small.dcm")).pixel_array)
 
@@ -275,12 +278,15 @@ def test_monochrome1_cr_is_handed_over_display_correct(tmp_path):
     lo, hi = 0 * 0.684 + 200, 4095 * 0.684 + 200
     expected = 255 - np.rint((windowed - lo) / (hi - lo) * 255)
 
-    img, intensity = load_image(src, "CR3/6278")  # no suffix: the DICM preamble says DICOM
+    loaded = read_image(src, "CR3/6278")  # no suffix: the DICM preamble says DICOM
+
+    img, intensity = loaded.array, loaded.intensity
     assert intensity == "uint8" and img.dtype == np.uint8
     assert np.abs(img.astype(int) - expected).max() <= 1
     dense = np.unravel_index(np.argmax(stored), stored.shape)
     assert img[dense] == img.min()  # MONOCHROME1: the highest stored value is the darkest… so it is inverted
-    raw, intensity = load_image(src, "CR3/6278", dicom_voi=False)
+    loaded = read_image(src, "CR3/6278", dicom_voi=False)
+    raw, intensity = loaded.array, loaded.intensity
     assert intensity == "raw" and raw[dense] == raw.min()
 
     shutil.copytree(src.parent, tmp_path / "DCM" / "CR3")
@@ -721,10 +727,10 @@ def test_broken_files_get_reason_codes(tmp_path):
     }
     for name, reason in expected.items():  # the 2D loader other readers use
         with pytest.raises(ReadError) as e:
-            load_image(folder / name / f"{name}.dcm", f"DCM/{name}/{name}.dcm")
+            read_image(folder / name / f"{name}.dcm", f"DCM/{name}/{name}.dcm")
         assert e.value.reason == reason, name
     with pytest.raises(ReadError) as e:
-        load_image(_real("MR_truncated.dcm"), "MR_truncated.dcm")
+        read_image(_real("MR_truncated.dcm"), "MR_truncated.dcm")
     assert e.value.reason == "unreadable_image"
 
     spec = _spec()
@@ -788,3 +794,58 @@ def test_dicom_family_builds_end_to_end(tmp_path, ray_session):
     for path in out.rglob("*"):
         if path.is_file():
             assert b"PAT-0001" not in path.read_bytes(), path
+
+
+# --- DICOM named by a 2D family's spec (raster, reports): the one image loader (issue 14) ----------------
+
+
+def _cr_with_pixel_spacing(path: Path) -> np.ndarray:
+    """pydicom's 16 x 16 MONOCHROME1 CR (ImagerPixelSpacing 0.1) given PixelSpacing 0.2 x 0.4 mm: pixels
+    twice as wide as tall. Returns the stored values."""
+    ds = pydicom.dcmread(TEST_FILES / "dicomdirtests" / "77654033" / "CR3" / "6278")
+    ds.PixelSpacing = [0.2, 0.4]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return ds.pixel_array
+
+
+@pytest.mark.parametrize("family", ["raster", "reports"])
+@pytest.mark.parametrize("voi", [True, False])
+def test_dicom_read_by_a_2d_family_keeps_its_spacing_and_the_voi_option(tmp_path, family, voi):
+    from medpclip.imaging import target_shape
+
+    if family == "raster":
+        root = tmp_path / "raw" / "XR"
+        _cr_with_pixel_spacing(root / "images" / "a.dcm")
+        options = {"images": "images/*.dcm", "require_annotation": False, "dicom_voi": voi}
+        spec = parse_spec(
+            {
+                **_spec().model_dump(
+                    mode="json", include={"title", "citation", "licence", "access", "homepage"}
+                ),
+                "name": "xr",
+                "root": "XR",
+                "modality": "XR",
+                "body_part": "chest",
+                "format": {"family": "raster", "options": options},
+                "labels": [{"label": "lung", "name": "Lung", "category": "lung"}],
+                "intensity": {"kind": "percentile"},
+                "slicing": {"keep_empty": True},
+            }
+        )
+    else:  # MIMIC-CXR's own DICOM release, read through the reports layout instead of the JPGs
+        root = tmp_path / "raw" / "mimic_cxr"
+        study = root / "files" / "p10" / "p10000032" / "s50414267"
+        _cr_with_pixel_spacing(study / "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.dcm")
+        (study.parent / "s50414267.txt").write_text("FINDINGS: No effusion.\n")
+        data = resolve_spec("mimic_cxr").model_dump(mode="json")
+        data["format"]["options"].update(images="files/p*/p*/s*/*.dcm", dicom_voi=voi)
+        data["intensity"] = {"kind": "percentile"}
+        spec = parse_spec(data)
+    reader = get_reader(family)
+    (item,) = list(reader.discover(spec, root))
+    (frame,) = list(reader.read(spec, tmp_path / "raw", item))
+    assert frame.spacing_mm == (0.2, 0.4)  # once dropped: the image was stored stretched to 16 x 16
+    assert target_shape(16, 16, frame.spacing_mm, 64) == (16, 32)  # stored at its true 1:2 aspect
+    # the VOI option reaches the DICOM loader: window to 8 bits, or the raw (modality-LUT) values
+    assert (frame.intensity, frame.image.dtype) == (("uint8", np.uint8) if voi else ("raw", np.float32))

@@ -12,7 +12,6 @@ Pure introspection: typer's click parameters and the flow functions' signatures 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import inspect
 import sys
@@ -68,15 +67,10 @@ def _signature_defaults(fn, names) -> dict[str, object]:
 
 def _train_model() -> dict[str, object]:
     out = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in TrainConfig.EXEMPT:
+    for name, f in TrainConfig.model_fields.items():
+        if name in TrainConfig.EXEMPT:
             continue
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-        else:
-            out[f.name] = REQUIRED
+        out[name] = REQUIRED if f.is_required() else f.get_default(call_default_factory=True)
     return out
 
 
@@ -137,7 +131,7 @@ def test_the_declared_sets_cover_the_library_signatures():
         names = set(inspect.signature(fn).parameters) - positional
         assert names == set(declared) | set(exempt), fn.__name__
         assert not set(declared) & set(exempt)
-    assert set(TrainConfig.EXEMPT) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(TrainConfig.EXEMPT) <= set(TrainConfig.model_fields)
     assert all(reason.strip() for reason in {**TrainConfig.EXEMPT, **EVAL_EXEMPT, **BUILD_EXEMPT}.values())
 
 
@@ -162,3 +156,29 @@ def test_the_check_catches_a_missing_option_and_a_drifted_default(monkeypatch):
 
     monkeypatch.setattr(sys.modules[__name__], "_flow_params", flow_with_other_warmup)
     assert any("default of 'warmup'" in p for p in _problems("train"))
+
+
+# ``train()``'s run options (not part of a run's config: they say how to run it, not what it is). Every entry
+# point has them; ``resume`` defaults differ on purpose: the CLI never continues an existing run unasked (a
+# typo in --out would silently extend someone's run), a flow does (a retried or re-run deployment must pick
+# up its checkpoints instead of failing on them).
+RUN_OPTION_DEFAULTS = {
+    "medpclip train": {"resume": False, "ray_address": None, "num_cpus": None},
+    "flow pretrain": {"resume": True, "ray_address": None, "num_cpus": None},
+    "flow medpclip-pipeline": {"resume": True, "ray_address": None, "num_cpus": None},
+}
+
+
+def test_train_run_options_are_reachable_from_every_entry_point():
+    from medpclip.train.loop import train
+
+    run_options = set(inspect.signature(train).parameters) - {"cfg"}
+    pipeline = _pipeline_module()
+    entry_points = {
+        "medpclip train": _cli_params("train"),
+        "flow pretrain": _flow_params(pipeline.pretrain_flow),
+        "flow medpclip-pipeline": _flow_params(pipeline.pipeline_flow),
+    }
+    for where, params in entry_points.items():
+        assert set(RUN_OPTION_DEFAULTS[where]) == run_options, where
+        assert {n: params.get(n, "absent") for n in run_options} == RUN_OPTION_DEFAULTS[where], where

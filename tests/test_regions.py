@@ -324,14 +324,17 @@ def test_box_drops():
         Box("a", (float("nan"), 1, 5, 5)),
         Box("a", (70, 10, 90, 20)),  # right of the image
         Box("a", (-20, -20, -1, -1)),  # above-left of it
-        Box("a", (1, 1, 3, 3)),  # 4 px < 16 px
+        Box("a", (1, 1, 3, 3)),  # 4 px < min_drawn_pixels 5
         Box("a", (0, 0, 60, 50)),
     ]
-    regions, drops = extract_regions(shape, boxes=boxes, min_area_px=16, rng_for=rng_factory())
+    regions, drops = extract_regions(
+        shape, boxes=boxes, min_area_px=16, min_drawn_px=5, rng_for=rng_factory()
+    )
     assert [d.reason for d in drops] == [
-        "invalid_box", "invalid_box", "invalid_box", "box_outside_image", "box_outside_image", "below_min_area",
+        "invalid_box", "invalid_box", "invalid_box", "box_outside_image", "box_outside_image",
+        "degenerate_annotation",
     ]  # fmt: skip
-    assert drops[-1].detail == "4 px < 16 px"
+    assert drops[-1].detail == "drawn region of 4 px < 5 px (min_drawn_pixels)"
     assert [(r.instance, r.bbox, r.area_px, r.points) for r in regions] == [
         (6, (0, 0, 60, 50), 3000, ((30, 25),))
     ]
@@ -503,3 +506,32 @@ def test_tight_box():
     assert tight_box(m) == (3, 2, 8, 6)
     m[:] = True
     assert tight_box(m) == (0, 0, 9, 7)
+
+
+def test_drawn_boxes_and_outlines_are_kept_under_the_area_rule_that_drops_mask_slivers():
+    """VinDr-CXR: a radiologist's 16 x 18 px nodule box on a 1024 px image is under the area rule (0.05 % of
+    the image = 525 px), which exists for slivers of sliced 3D masks and specks of lossy masks; drawn boxes
+    and outlines are kept down to min_drawn_pixels (1 px by default), mask-derived instances are not."""
+    shape = (1024, 1024)
+    smallest = min_area(1024, 1024, 0.0005, 16)
+    assert smallest == 525
+    box = Box("Nodule/Mass", (400.0, 300.0, 416.0, 318.0), annotator="R8")
+    nodule = np.zeros(shape, bool)
+    nodule[300:318, 400:416] = True  # the same 288 px, as a mask
+    regions, drops = extract_regions(
+        shape, boxes=[box], masks=[("Nodule/Mass", nodule)], min_area_px=smallest, rng_for=rng_factory()
+    )
+    assert [(r.kind, r.bbox, r.area_px, r.annotator) for r in regions] == [
+        ("box", (400, 300, 416, 318), 288, "R8")
+    ]
+    assert drops == [Drop("Nodule/Mass", "below_min_area", "288 px < 525 px")]  # the mask instance
+    # the same mask drawn as an outline on this image (LIDC, ImageScope, COCO polygons): an annotation
+    regions, drops = extract_regions(
+        shape, masks=[("Nodule/Mass", nodule)], min_area_px=smallest, outlined=True, rng_for=rng_factory()
+    )
+    assert [(r.kind, r.area_px) for r in regions] == [("mask", 288)] and drops == []
+    # min_drawn_pixels is the spec's say on how small a drawn region may be
+    regions, drops = extract_regions(
+        shape, boxes=[box], min_area_px=smallest, min_drawn_px=300, rng_for=rng_factory()
+    )
+    assert regions == [] and [d.reason for d in drops] == ["degenerate_annotation"]

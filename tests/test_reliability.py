@@ -34,7 +34,7 @@ from medpclip.corpus.schema import KEY_RE, case_slug, sample_key, scrub_uids
 from medpclip.corpus.split import derive_overrides, load_overrides, split_by_rule
 from medpclip.frame import ReadError
 from medpclip.sources import dicom, tables
-from medpclip.sources._common import glob_files, load_image
+from medpclip.sources._common import glob_files, read_image
 from medpclip.specs import DatasetSpec, SpecError, load_spec_file, parse_spec, resolve_spec, resolve_specs
 from medpclip.warehouse import query
 
@@ -124,7 +124,7 @@ EXPECTED = {
     ("demo_polyp", "zzzz_outdir"): "outside_root",  # a folder link out of the dataset folder
     ("demo_cxr", "zzzz_empty"): "empty_file",
     ("demo_cxr", "zzzz_trunc"): "unreadable_image",
-    ("demo_cxr", "zzzz_missing"): "missing_file",
+    ("demo_cxr", "zzzz_missing"): "missing_files",  # at plan: the table's one row for its absent images
     ("demo_cxr", "zzzz_norow"): "no_table_row",
     ("odd_names", "dup"): "duplicate_key",  # images/a/dup.jpg and images/b/dup.jpg: one key
     ("odd_names", "boxes only"): "box_outside_image",
@@ -338,13 +338,13 @@ def test_keys_of_hostile_case_ids_are_safe():
 def test_headers_claiming_enormous_sizes_are_refused_before_allocating(tmp_path):
     huge_png = _write(tmp_path / "huge.png", _png_claiming(40_000, 40_000))
     with pytest.raises(ReadError) as e:  # 1.6 G px claimed by 60 bytes (Pillow's bomb guard or ours)
-        load_image(huge_png, "x/huge.png")
+        read_image(huge_png, "x/huge.png")
     assert e.value.reason == "too_large"
     small = _write(tmp_path / "small.png", _image_bytes(_photo(5), "PNG"))
     with pytest.raises(ReadError) as e:  # the limit is an option
-        load_image(small, "x/small.png", max_pixels=1000)
+        read_image(small, "x/small.png", max_pixels=1000)
     assert e.value.reason == "too_large" and "max_pixels" in e.value.detail
-    assert load_image(small, "x/small.png")[0].shape == (64, 64, 3)
+    assert read_image(small, "x/small.png").array.shape == (64, 64, 3)
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -358,7 +358,7 @@ def test_headers_claiming_enormous_sizes_are_refused_before_allocating(tmp_path)
     ds.PixelData = b"\0" * 64
     ds.save_as(tmp_path / "huge.dcm", enforce_file_format=True)
     with pytest.raises(ReadError) as e:  # 4·10^14 pixels claimed: refused from the header
-        load_image(tmp_path / "huge.dcm", "x/huge.dcm")
+        read_image(tmp_path / "huge.dcm", "x/huge.dcm")
     assert e.value.reason == "too_large" and "65535" in e.value.detail
 
     with pytest.raises(SpecError, match=r"field 'format.options.max_pixels'"):  # refused when the spec loads

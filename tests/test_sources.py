@@ -15,6 +15,7 @@ from PIL import Image
 from scipy import ndimage
 
 from medpclip import demo
+from medpclip.corpus.plan import BuildParams, plan_build
 from medpclip.frame import ReadError, SourceFile
 from medpclip.sources import READERS, contours, dicom, get_reader, raster, reports, tables, volumes
 from medpclip.specs import DatasetSpec, SpecError, parse_spec, resolve_spec
@@ -458,20 +459,23 @@ def test_nih_rgba_png_is_read_as_grey(raw):
     assert frame.image.ndim == 2 and np.array_equal(frame.image, img)
 
 
-def test_nih_row_naming_a_missing_image_is_rejected_atframes_of(raw, tmp_path):
+def test_nih_row_naming_a_missing_image_is_summarised_at_plan(raw, tmp_path):
     root = _copy(raw, "ChestX-ray14", tmp_path)
     with open(root / "ChestX-ray14" / "Data_Entry_2017.csv", "a") as f:
         f.write("00000999_000.png,Nodule,0,999,40,F,PA,2500,2048,0.143,0.143\n")
     spec = resolve_spec("demo_cxr")
     items = items_of(spec, root)
-    assert len(items) == 20
-    item = items["00000999_000"]
-    assert item.patient_id == "999" and item.files == (
-        SourceFile("image", "ChestX-ray14/images/00000999_000.png"),
+    assert len(items) == 19 and "00000999_000" not in items  # no item for an image that is not there
+    plan = plan_build([spec], root, tmp_path / "corpus", BuildParams())
+    assert sum(len(u.items) for u in plan.units) == 19
+    (row,) = plan.rejects["demo_cxr"]  # even one absent image: the table's one summary row
+    assert (row["stage"], row["reason"], row["path"], row["detail"]) == (
+        "plan",
+        "missing_files",
+        "ChestX-ray14/Data_Entry_2017.csv",
+        "Data_Entry_2017.csv: 1 of 20 rows name an image that is not on disk (00000999_000.png)",
     )
-    with pytest.raises(ReadError) as e:
-        frames_of(spec, root, item)
-    assert (e.value.reason, e.value.detail) == ("missing_file", "ChestX-ray14/images/00000999_000.png")
+    assert plan.notes == {"demo_cxr": ["Data_Entry_2017.csv: 19 of 20 rows have their image"]}
 
 
 def test_nih_broken_rows_reject_only_their_image(raw, tmp_path):

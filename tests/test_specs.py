@@ -121,7 +121,7 @@ def _shipped_with(tmp_path: Path, name: str, edit) -> Path:
         (
             "brats2021",
             lambda o: o.update(case_regex="(?P<case>["),
-            "field 'format.options': Value error, invalid regex",
+            "field 'format.options.case_regex': Value error, invalid regex",
         ),
         # a wrong type deep inside a family's options (tables: one box table's column list)
         (
@@ -131,6 +131,17 @@ def _shipped_with(tmp_path: Path, name: str, edit) -> Path:
         ),
         # options of another family (dicom's `voi` on a volumes spec)
         ("msd_liver", lambda o: o.update(voi=True), "field 'format.options.voi': unknown field"),
+        # a field of another layout of the same family: one model per layout, so it is refused by name
+        (
+            "msd_liver",
+            lambda o: o.update(images="imagesTr/*.nii.gz"),
+            "field 'format.options.images': unknown field for layout 'msd'",
+        ),
+        ("iu_xray", lambda o: o.update(layout="xml"), "field 'format.options.layout': layout must be one of"),
+        # globs: refused at load, not when discovery first runs them (pathlib's NotImplementedError)
+        ("kvasir_seg", lambda o: o.update(images="/data/Kvasir-SEG/*.jpg"), "is absolute"),
+        ("kvasir_seg", lambda o: o.update(images="images/**.jpg"), "'**' must be a whole path component"),
+        ("iu_xray", lambda o: o.update(images=["NLMCXR_png/*.png", "../*.png"]), "leaves the dataset folder"),
     ],
 )
 def test_format_option_errors_are_one_line_at_load(tmp_path, name, edit, fragment):
@@ -142,10 +153,10 @@ def test_format_option_errors_are_one_line_at_load(tmp_path, name, edit, fragmen
 
 
 def test_loaded_options_are_the_family_model_with_its_defaults():
-    from medpclip.sources.volumes.options import VolumeOptions
+    from medpclip.sources.volumes.options import MsdVolumes
 
     spec = resolve_spec("msd_spleen")
-    assert isinstance(spec.format.options, VolumeOptions)
+    assert isinstance(spec.format.options, MsdVolumes)  # the model of its layout
     assert spec.format.options.layout == "msd" and spec.format.options.index == "dataset.json"
     assert spec.format.options.max_pixels == 1 << 30
     with pytest.raises(SpecError, match=r"field 'format.family': Input tag 'pictures' found"):

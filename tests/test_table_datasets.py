@@ -16,6 +16,8 @@ from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittle
 
 from medpclip.corpus.build import build_corpus
 from medpclip.corpus.inspect import check_corpus
+from medpclip.corpus.plan import BuildParams, plan_build
+from medpclip.corpus.schema import scrub_uids
 from medpclip.frame import Box, Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources import tables
 from medpclip.specs import DatasetSpec, resolve_spec, resolve_specs
@@ -153,7 +155,7 @@ def test_siim_rle_rows_union_into_the_known_mask(tmp_path):
     pixels = write_siim(tmp_path)
     spec = resolve_spec("siim_acr")
     items = _items(spec, tmp_path)
-    assert sorted(items) == sorted([SIIM_POS, SIIM_NEG, SIIM_ONE, SIIM_MISSING, SIIM_UNLISTED])
+    assert sorted(items) == sorted([SIIM_POS, SIIM_NEG, SIIM_ONE, SIIM_UNLISTED])  # SIIM_MISSING: no file
     truth = _siim_blobs()
     for sop in (SIIM_POS, SIIM_NEG, SIIM_ONE):
         frame = _read(spec, tmp_path, items[sop])
@@ -169,8 +171,14 @@ def test_siim_rle_rows_union_into_the_known_mask(tmp_path):
     assert items[SIIM_POS].patient_id == items[SIIM_NEG].patient_id == "PID-17"
     assert items[SIIM_ONE].patient_id == "PID-42" and items[SIIM_ONE].study_id == SIIM_STUDY.format(n=2)
     assert not any("PID-" in json.dumps([i.case_id, list(i.meta)]) for i in items.values())
-    assert _reject(spec, tmp_path, items[SIIM_MISSING]) == "missing_file"
     assert _reject(spec, tmp_path, items[SIIM_UNLISTED]) == "no_table_row"
+    # the row naming an absent image: the RLE table's one plan-stage row (its UID pseudonymised, as any)
+    (row,) = plan_build([spec], tmp_path, tmp_path / "corpus", BuildParams()).rejects["siim_acr"]
+    assert (row["stage"], row["reason"], row["path"]) == ("plan", "missing_files", "siim_acr/train-rle.csv")
+    assert (
+        row["detail"]
+        == f"train-rle.csv: 1 of 5 rows name an image that is not on disk ({scrub_uids(SIIM_MISSING)})"
+    )
 
 
 def test_siim_decoding_rules():
@@ -475,7 +483,7 @@ def test_build_siim_and_vindr_end_to_end(tmp_path, ray_session):
     rejects = sorted(
         r for r in query(out, "SELECT dataset, reason FROM rejects WHERE stage IN ('read', 'plan')")[1]
     )
-    assert rejects == [("siim_acr", "missing_file"), ("siim_acr", "no_table_row")]
+    assert rejects == [("siim_acr", "missing_files"), ("siim_acr", "no_table_row")]
     masks = query(
         out, "SELECT label, kind, count(*) FROM regions WHERE dataset = 'siim_acr' GROUP BY label, kind"
     )[1]
@@ -493,3 +501,37 @@ def test_build_siim_and_vindr_end_to_end(tmp_path, ray_session):
         if path.is_file():
             data = path.read_bytes()
             assert b"PID-17" not in data and b"PID-42" not in data, path
+
+
+# --- a partial download ----------------------------------------------------------------------------------
+
+
+def test_rows_naming_absent_images_are_one_plan_reject_per_table_and_units_hold_images_present(tmp_path):
+    """ChestX-ray14 with one image archive of twelve unpacked: the table lists every image, a few are on
+    disk. Units hold the images present, and the absent rows are ONE plan-stage row, not one each."""
+    folder = tmp_path / "raw" / "CXR8"
+    names = [f"{n // 3 + 1:08d}_{n % 3:03d}.png" for n in range(300)]
+    for n, name in enumerate(names[:20]):  # the first archive: 20 of the 300 images
+        (folder / "images" / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16), 10 + n, np.uint8)).save(folder / "images" / "images" / name)
+    rows = [f"{name},No Finding,0,{n // 3 + 1},50,M,PA,2048,2048,0.143,0.143" for n, name in enumerate(names)]
+    _csv(folder / "Data_Entry_2017.csv", NIH_HEADER_2017 + "\n" + ",\n".join(rows) + ",\n")
+    _csv(
+        folder / "BBox_List_2017.csv",
+        f"Image Index,Finding Label,Bbox [x,y,w,h],,,\n{names[3]},Mass,1,2,5,6\n",
+    )
+    _csv(folder / "train_val_list.txt", "\n".join(names[:200]) + "\n")
+    _csv(folder / "test_list.txt", "\n".join(names[200:]) + "\n")
+    spec = resolve_spec("chestxray14").model_copy(update={"unit_items": 8})
+
+    plan = plan_build([spec], tmp_path / "raw", tmp_path / "corpus", BuildParams())
+    planned = [i.case_id for u in plan.units for i in u.items]
+    assert planned == [Path(n).stem for n in names[:20]]  # the images present, nothing else
+    assert [len(u.items) for u in plan.units] == [8, 8, 4]  # sized by images present, not by table rows
+    (row,) = plan.rejects["chestxray14"]
+    assert (row["stage"], row["reason"], row["path"]) == ("plan", "missing_files", "CXR8/Data_Entry_2017.csv")
+    assert row["detail"] == (
+        "Data_Entry_2017.csv: 280 of 300 rows name an image that is not on disk (first: 00000007_002.png, "
+        "00000008_000.png, 00000008_001.png, 00000008_002.png, 00000009_000.png, …)"
+    )
+    assert plan.notes == {"chestxray14": ["Data_Entry_2017.csv: 20 of 300 rows have their image"]}

@@ -18,14 +18,14 @@ import nibabel as nib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from corpus_utils import frames_of, items_of
+from corpus_utils import discovery_notes, frames_of, items_of
 from scipy import ndimage
 
 from medpclip.corpus.build import build_corpus
 from medpclip.corpus.split import assign_split
-from medpclip.frame import Frame, ReadError, SourceFile, SourceItem
+from medpclip.frame import DiscoveryNote, Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources._common import parse_options
-from medpclip.sources.volumes import VolumeOptions, _present_values
+from medpclip.sources.volumes import VolumeLayout, _present_values
 from medpclip.specs import DatasetSpec, SpecError, parse_spec, resolve_spec, resolve_specs
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
@@ -397,7 +397,7 @@ def test_every_spec_is_complete_and_its_options_parse():
     roots = {}
     for name in SPECS:
         spec = resolve_spec(name)
-        opts = parse_options(spec, VolumeOptions)
+        opts = parse_options(spec, VolumeLayout)
         roots[name] = spec.root
         assert (
             spec.format.family == "volumes" and spec.slicing.planes == ("ax",) and not spec.slicing.keep_empty
@@ -624,11 +624,26 @@ def test_totalsegmentator_per_structure_masks_meta_csv_split(raw):
     assert len(item.files) == 42 and item.patient_id == "s0000"  # ct + the 41 structures of the spec
     e = rejected(spec, raw, items["s0003"])  # a meta.csv row the folder lacks
     assert e.reason == "missing_file" and "meta.csv" in e.detail
-    e = rejected(spec, raw, items["s0004"])  # one mask file missing
+    # one mask file missing (a partial download): the case is built with its other 40 masks, and the absent
+    # file is one plan-stage row naming it (missing_masks: skip, the default); once the whole case was lost
+    item = items["s0004"]
+    assert len(item.files) == 41 and "prostate" not in item.meta_dict()["structures"]
+    assert {k: regions_per_frame(f) for k, f in enumerate(frames_of(spec, raw, item))} == TS_REGIONS
+    assert discovery_notes(spec, raw) == [
+        DiscoveryNote(
+            "missing_file",
+            "case 's0004': Totalsegmentator_dataset_v201/s0004/segmentations/prostate.nii.gz is absent; the "
+            "case is built with its other 40 masks (format.options.missing_masks: reject refuses it)",
+            "Totalsegmentator_dataset_v201/s0004/segmentations/prostate.nii.gz",
+        )
+    ]
+    strict = with_options("totalsegmentator", missing_masks="reject")
+    e = rejected(strict, raw, items_of(strict, raw)["s0004"])
     assert (e.reason, e.detail) == (
         "missing_file",
         "Totalsegmentator_dataset_v201/s0004/segmentations/prostate.nii.gz",
     )
+    assert discovery_notes(strict, raw) == []
     frames = frames_of(spec, raw, items["s0001"])
     assert len(frames) == 6 and all(f.label_map is None for f in frames)
     names = {k: sorted(n for n, _ in f.masks) for k, f in enumerate(frames)}
@@ -641,11 +656,12 @@ def test_totalsegmentator_per_structure_masks_meta_csv_split(raw):
     assert {k: regions_per_frame(f) for k, f in enumerate(frames)} == TS_REGIONS
     assert frames[2].image.dtype == np.int16 and frames[2].intensity == "hu"
     assert all(np.array_equal(f.image, display(ct_image(_box_union(), 1), f.slice_index)) for f in frames)
-    # missing_masks: empty reads a partial download, the missing structure counted as absent
+    # missing_masks: empty counts the missing structure as absent, without a row
     lenient = with_options("totalsegmentator", missing_masks="empty")
     item = items_of(lenient, raw)["s0004"]
     assert len(item.files) == 41 and "prostate" not in item.meta_dict()["structures"]
     assert {k: regions_per_frame(f) for k, f in enumerate(frames_of(lenient, raw, item))} == TS_REGIONS
+    assert discovery_notes(lenient, raw) == []
 
 
 def _box_union() -> np.ndarray:
@@ -778,7 +794,7 @@ def test_options_are_checked(raw):
         with_options("brats2021", sequence=None)
     with pytest.raises(SpecError, match=r"field 'format.options'.*exactly one of 'labels' and 'masks'"):
         with_options("kits23", masks="{dir}/{label}.nii.gz")
-    with pytest.raises(SpecError, match=r"field 'format.options': .*invalid regex") as e:
+    with pytest.raises(SpecError, match=r"field 'format.options.case_regex': .*invalid regex") as e:
         with_options("brats2021", case_regex="(?P<case>BraTS[")  # re.error: once a bare traceback
     assert "\n" not in str(e.value)
     # options against the rest of the spec (intensity): when the dataset is discovered
@@ -803,8 +819,9 @@ def test_build_amos_totalsegmentator_brats2023(raw, tmp_path, ray_session):
         48,
         0,
     )
-    assert datasets["totalsegmentator"]["samples_by_split"] == {"test": 6, "train": 6, "val": 6}
-    assert (datasets["totalsegmentator"]["regions"], datasets["totalsegmentator"]["rejects"]) == (48, 2)
+    # s0004 lacks one mask file: built with its other masks (its 6 samples in test), the file one plan row
+    assert datasets["totalsegmentator"]["samples_by_split"] == {"test": 12, "train": 6, "val": 6}
+    assert (datasets["totalsegmentator"]["regions"], datasets["totalsegmentator"]["rejects"]) == (64, 2)
     assert (
         datasets["brats2023"]["samples"],
         datasets["brats2023"]["regions"],
@@ -828,9 +845,9 @@ def test_build_amos_totalsegmentator_brats2023(raw, tmp_path, ray_session):
     assert labels == {"liver", "spleen", "kidney_left", "kidney_cyst_left", "aorta"}
     assert {r["name"] for r in regions if r["label"] == "kidney_cyst_left"} == {"Left kidney cyst"}
     rejects = pq.read_table(out / "manifests" / "rejects" / "totalsegmentator").to_pylist()
-    assert sorted((r["reason"], r["path"]) for r in rejects) == [
-        ("missing_file", "Totalsegmentator_dataset_v201/meta.csv"),
-        ("missing_file", "Totalsegmentator_dataset_v201/s0004/segmentations/prostate.nii.gz"),
+    assert sorted((r["stage"], r["reason"], r["path"]) for r in rejects) == [
+        ("plan", "missing_file", "Totalsegmentator_dataset_v201/s0004/segmentations/prostate.nii.gz"),
+        ("read", "missing_file", "Totalsegmentator_dataset_v201/meta.csv"),
     ]
     brats_rejects = pq.read_table(out / "manifests" / "rejects" / "brats2023").to_pylist()
     assert [(r["reason"], r["path"].rsplit("/", 1)[-1]) for r in brats_rejects] == [

@@ -248,6 +248,8 @@ def finish_build(plan: Plan) -> dict[str, Any]:
                 "samples_by_split": dict(sorted(split_counts.items())),
                 "patients_moved_by_dedup": len(plan.overrides.get(spec.name, {})),
                 "spec_sha256": hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
+                # only where planning had something to say: a table only part of whose images are on disk
+                **({"notes": plan.notes[spec.name]} if plan.notes.get(spec.name) else {}),
             }
         )
     build = {

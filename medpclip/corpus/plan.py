@@ -3,6 +3,10 @@
 Planning runs on the driver and reads no pixels: discovery lists cases, cases are ordered by key (so every
 unit writes ascending keys), cut into units, and each unit gets a fingerprint of everything that decides its
 bytes (spec, items, code version, parameters). A unit whose marker carries that fingerprint is done.
+
+A reader's ``discover`` may RETURN (as its generator's value) notes about the dataset as a whole
+(``frame.DiscoveryNote``; the tables reader: rows naming images that are not on disk, one per table file):
+each becomes a plan-stage reject row and a line of ``Plan.notes`` (build.json, the build summary).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from medpclip.corpus.sample import SampleParams
 from medpclip.corpus.schema import reject_row
 from medpclip.corpus.shards import DEFAULT_SHARD_BYTES
 from medpclip.corpus.split import Overrides
-from medpclip.frame import ReadError, SourceItem
+from medpclip.frame import DiscoveryNote, ReadError, SourceItem
 from medpclip.sources import get_reader
 from medpclip.sources._common import symlink_problems
 from medpclip.specs import DatasetSpec
@@ -100,6 +104,8 @@ class Plan:
     specs: list[DatasetSpec]
     overrides: Overrides = dataclasses.field(default_factory=dict)  # as in manifests/split_overrides.json
     settled: bool = False  # duplicate overrides derived from this plan's manifests and applied
+    # dataset → lines for the build summary (a table only part of whose images are on disk)
+    notes: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     def with_overrides(self, overrides: Overrides) -> Plan:
         units = [u.with_overrides(overrides) for u in self.units]
@@ -134,6 +140,17 @@ def _item_fingerprint(item: SourceItem, raw_root: Path) -> list[Any]:
     return [item.case_id, sizes, list(item.meta), item.patient_id, item.official_split]
 
 
+def _discover(reader: Any, spec: DatasetSpec, root: Path) -> tuple[list[SourceItem], list[DiscoveryNote]]:
+    """The items ``reader.discover`` yields and the notes its generator returns (none for most readers)."""
+    found = iter(reader.discover(spec, root))
+    items: list[SourceItem] = []
+    while True:
+        try:
+            items.append(next(found))
+        except StopIteration as stop:
+            return items, list(stop.value or ())
+
+
 def plan_build(
     specs: list[DatasetSpec],
     raw_root: Path,
@@ -144,6 +161,7 @@ def plan_build(
     code = code_version()
     units: list[WorkUnit] = []
     rejects: dict[str, list[dict[str, Any]]] = {}
+    notes: dict[str, list[str]] = {}
     for spec in specs:
         rows = rejects.setdefault(spec.name, [])
         root = raw_root / spec.root
@@ -164,10 +182,14 @@ def plan_build(
             rows.append(reject_row(spec.name, -1, "plan", reason, detail, rel))
         reader = get_reader(spec.format.family)
         try:
-            items = list(reader.discover(spec, root))
+            items, said = _discover(reader, spec, root)
         except ReadError as e:
             rows.append(reject_row(spec.name, -1, "plan", e.reason, e.detail, spec.root))
             continue
+        for note in said:
+            rows.append(reject_row(spec.name, -1, "plan", note.reason, note.detail, note.path))
+            if note.summary is not None:
+                notes.setdefault(spec.name, []).append(note.summary)
         # Cases run in key order, so the keys a unit writes ascend (DESIGN §4: members sorted by key).
         items.sort(key=lambda i: schema.key_prefix(spec.name, i.case_id))
         unique: list[SourceItem] = []
@@ -208,5 +230,5 @@ def plan_build(
                 spec.name, n, spec_json, chunk, str(raw_root), str(out), params, fp, base_fingerprint=fp
             )
             units.append(unit)
-    plan = Plan(out=out, params=params, units=units, rejects=rejects, specs=specs)
+    plan = Plan(out=out, params=params, units=units, rejects=rejects, specs=specs, notes=notes)
     return plan.with_overrides(overrides or {})

@@ -17,7 +17,7 @@ from PIL import Image
 from medpclip import imaging, regions
 from medpclip.corpus.schema import SCHEMA_VERSION, hash_id
 from medpclip.fileio import stable_json
-from medpclip.frame import Box, Frame, Point
+from medpclip.frame import Box, Frame, Point, ReadError
 from medpclip.specs import DatasetSpec
 from medpclip.text import prompts
 from medpclip.text.kb import label_concepts
@@ -55,14 +55,107 @@ def to_uint8(frame: Frame, spec: DatasetSpec) -> tuple[np.ndarray, str]:
     """The frame's pixels as uint8 by the spec's intensity rule; returns the image and its description."""
     rule = spec.intensity
     if frame.intensity == "hu":
-        if rule.kind != "ct_window":
-            raise ValueError(f"spec '{spec.name}': HU images need intensity.kind ct_window")
+        if rule.kind != "ct_window":  # a spec/data mismatch (a folder mixing CT and 8-bit images), not a bug
+            path = next((f.path for f in frame.item.files if f.role == "image"), frame.item.files[0].path)
+            raise ReadError(
+                "intensity_mismatch",
+                f"{path}: the image is CT in Hounsfield units but spec '{spec.name}' has intensity.kind "
+                f"{rule.kind}; set intensity.kind: ct_window (and intensity.window) or split the folder "
+                "into two specs",
+            )
         return imaging.window_ct(frame.image, rule.window), f"ct:{rule.window}"
     if frame.intensity == "uint8" and frame.image.dtype == np.uint8:
         return imaging.as_uint8_image(frame.image), "uint8"
     return imaging.normalize_percentile(
         frame.image, rule.low, rule.high
     ), f"percentile:{rule.low:g}-{rule.high:g}"
+
+
+def _frame_regions(
+    frame: Frame,
+    spec: DatasetSpec,
+    params: SampleParams,
+    key: str,
+    label_map: np.ndarray | None,
+    masks: list[tuple[str, np.ndarray]],
+    shape: tuple[int, int],
+    scale: tuple[float, float],
+) -> tuple[list[regions.Region], list[regions.Drop]]:
+    """The regions of the resized frame (``label_map`` and ``masks`` already resized to ``shape``; boxes and
+    points scaled by ``scale`` = (sy, sx)) under the spec's size rules."""
+    (out_h, out_w), (sy, sx) = shape, scale
+    return regions.extract_regions(
+        shape,
+        label_map=label_map,
+        label_values=frame.label_values,
+        masks=masks,
+        mask_annotators=frame.mask_annotators,  # the resize keeps the masks' order: still one per mask
+        boxes=_scaled_boxes(frame.boxes, sy, sx),
+        points=_scaled_points(frame.points, sy, sx),
+        min_area_px=regions.min_area(out_h, out_w, spec.regions.min_fraction, spec.regions.min_pixels),
+        rng_for=_rng_factory(key),
+        n_pos=params.n_pos,
+        n_neg=params.n_neg,
+        min_drawn_px=spec.regions.min_drawn_pixels,
+        outlined=frame.outlined,
+    )
+
+
+def _region_records(
+    found: list[regions.Region],
+    drops: list[regions.Drop],
+    spec: DatasetSpec,
+    frame: Frame,
+    modality: str,
+    key: str,
+    linked_report: Any,
+) -> list[dict[str, Any]]:
+    """The sample record's ``regions``: each region named by its spec label and KB concept, with its texts
+    (label, priors, the report's sentences about it); a label the spec lacks is dropped into ``drops``."""
+    by_name = spec.label_by_name()
+    concepts = label_concepts(spec.labels)  # the KB concept of each label (CUI, types, priors)
+    records: list[dict[str, Any]] = []
+    for r in found:
+        entry = by_name.get(r.label.lower())
+        if entry is None:
+            drops.append(
+                regions.Drop(r.label, "unknown_label", f"label '{r.label}' is not in spec '{spec.name}'")
+            )
+            continue
+        concept = concepts.get(r.label.lower())
+        report_sentences, negated = prompts.region_report_evidence(linked_report, concept)
+        rec: dict[str, Any] = {
+            "rid": len(records),
+            "label": entry.label,
+            "name": entry.name,
+            "category": entry.category,
+            "concept_id": concept.concept_id if concept is not None else None,
+            "cui": concept.cui if concept is not None else entry.cui,
+            "semantic_types": list(concept.types) if concept is not None else [],
+            "kind": r.kind,
+            "instance": r.instance,
+            "area_px": int(r.area_px),
+            "bbox": [int(v) for v in r.bbox],
+            "points": [[int(x), int(y)] for x, y in r.points],
+            "point_labels": [int(v) for v in r.point_labels],
+            "texts": prompts.region_texts(
+                entry.name,
+                entry.category,
+                modality=modality,
+                plane=frame.plane,
+                body_part=spec.body_part,
+                concept=concept,
+                key=key,
+                label=entry.label,
+                report_sentences=report_sentences,
+            ),
+            "negated": negated,
+            "annotator": r.annotator,
+        }
+        if r.mask_rle is not None:
+            rec["mask_rle"] = r.mask_rle
+        records.append(rec)
+    return records
 
 
 def _rng_factory(key: str):
@@ -116,65 +209,9 @@ def make_sample(
         (label, imaging.resize_labels(np.asarray(m, dtype=bool), (out_h, out_w))) for label, m in frame.masks
     ]
 
-    min_area = regions.min_area(out_h, out_w, spec.regions.min_fraction, spec.regions.min_pixels)
-    found, drops = regions.extract_regions(
-        (out_h, out_w),
-        label_map=label_map,
-        label_values=frame.label_values,
-        masks=masks,
-        mask_annotators=frame.mask_annotators,  # the resize keeps the masks' order: still one per mask
-        boxes=_scaled_boxes(frame.boxes, sy, sx),
-        points=_scaled_points(frame.points, sy, sx),
-        min_area_px=min_area,
-        rng_for=_rng_factory(key),
-        n_pos=params.n_pos,
-        n_neg=params.n_neg,
-    )
-
-    by_name = spec.label_by_name()
-    concepts = label_concepts(spec.labels)  # the KB concept of each label (CUI, types, priors)
+    found, drops = _frame_regions(frame, spec, params, key, label_map, masks, (out_h, out_w), (sy, sx))
     linked_report = prompts.link_report(frame.report) if frame.report else None
-    region_records: list[dict[str, Any]] = []
-    for r in found:
-        entry = by_name.get(r.label.lower())
-        if entry is None:
-            drops.append(
-                regions.Drop(r.label, "unknown_label", f"label '{r.label}' is not in spec '{spec.name}'")
-            )
-            continue
-        concept = concepts.get(r.label.lower())
-        report_sentences, negated = prompts.region_report_evidence(linked_report, concept)
-        rec: dict[str, Any] = {
-            "rid": len(region_records),
-            "label": entry.label,
-            "name": entry.name,
-            "category": entry.category,
-            "concept_id": concept.concept_id if concept is not None else None,
-            "cui": concept.cui if concept is not None else entry.cui,
-            "semantic_types": list(concept.types) if concept is not None else [],
-            "kind": r.kind,
-            "instance": r.instance,
-            "area_px": int(r.area_px),
-            "bbox": [int(v) for v in r.bbox],
-            "points": [[int(x), int(y)] for x, y in r.points],
-            "point_labels": [int(v) for v in r.point_labels],
-            "texts": prompts.region_texts(
-                entry.name,
-                entry.category,
-                modality=modality,
-                plane=frame.plane,
-                body_part=spec.body_part,
-                concept=concept,
-                key=key,
-                label=entry.label,
-                report_sentences=report_sentences,
-            ),
-            "negated": negated,
-            "annotator": r.annotator,
-        }
-        if r.mask_rle is not None:
-            rec["mask_rle"] = r.mask_rle
-        region_records.append(rec)
+    region_records = _region_records(found, drops, spec, frame, modality, key, linked_report)
 
     if not region_records and not spec.slicing.keep_empty:
         return None, drops

@@ -28,7 +28,7 @@ from medpclip.corpus.shards import ShardInfo, ShardWriter
 from medpclip.corpus.split import assign_split, split_by_rule
 from medpclip.faults import fault_point
 from medpclip.fileio import atomic_write_json, load_json, sha256_file
-from medpclip.frame import Frame, ReadError
+from medpclip.frame import Frame, ReadError, SourceItem
 from medpclip.sources import get_reader
 from medpclip.sources._common import inside_dataset
 from medpclip.specs import DatasetSpec
@@ -90,146 +90,172 @@ def run_unit(unit: WorkUnit) -> dict[str, Any]:
     item that cannot be read, or a frame that cannot be harmonised, becomes a reject row."""
     out = Path(unit.out)
     marker = marker_path(out, unit.dataset, unit.unit)
-    if marker.is_file():
-        try:
-            existing = load_json(marker)
-            if existing.get("fingerprint") == unit.fingerprint:
-                return {**existing, "skipped": True}
-        except (OSError, ValueError):
-            pass  # an unreadable marker means an unfinished unit: redo it
+    done = _finished_marker(marker, unit.fingerprint)
+    if done is not None:
+        return {**done, "skipped": True}
 
     started = time.perf_counter()
     remove_unit_outputs(out, unit.dataset, unit.unit)
     spec = DatasetSpec.model_validate_json(unit.spec_json)
-    reader = get_reader(spec.format.family)
-    raw_root = Path(unit.raw_root)
-    sample_params = unit.params.sample_params()
-    writers: dict[str, ShardWriter] = {}
-    samples: list[dict[str, Any]] = []
-    region_rows: list[dict[str, Any]] = []
-    source_rows: list[dict[str, Any]] = []
-    reject_rows: list[dict[str, Any]] = []
-    drop_counts: Counter[str] = Counter()
-    n_empty = n_rejected_items = 0
-    forced = dict(unit.forced_splits)  # duplicate overrides of this unit's patients (corpus.split)
-
+    acc = _UnitRows(spec.name, unit.unit)
     for item in unit.items:
-        case_hash = schema.hash_id(unit.params.id_salt, spec.name, item.case_id)
-        files = []
-        try:
-            for f in item.files:
-                p = inside_dataset(raw_root, f.path)  # outside_root: a '..' or a symlink out of the folder
-                size = p.stat().st_size
-                if size == 0 and p.is_file():
-                    raise ReadError("empty_file", f"{f.path}: the file is empty (0 bytes)")
-                files.append({"role": f.role, "path": f.path, "sha256": sha256_file(p), "bytes": size})
-        except (OSError, ReadError) as e:
-            reason, detail = (
-                (e.reason, e.detail)
-                if isinstance(e, ReadError)
-                else ("missing_file", f"{f.path}: {e.strerror or type(e).__name__}")
-            )
-            reject_rows.append(reject_row(spec.name, unit.unit, "read", reason, detail, f.path))
-            n_rejected_items += 1
-            source_rows.extend(_source_rows(spec.name, unit.unit, case_hash, item, files, "rejected", 0))
-            continue
-        record_files = [
-            {"role": f["role"], "path": schema.scrub_uids(f["path"]), "sha256": f["sha256"]} for f in files
-        ]
-        try:
-            rule_split = split_by_rule(spec.split, spec.name, item.patient_id, item.official_split)
-            patient_hash = schema.hash_id(unit.params.id_salt, spec.name, item.patient_id)
-            split = assign_split(
-                spec.split, spec.name, item.patient_id, item.official_split, forced.get(patient_hash)
-            )
-            case_samples, case_regions, case_drops, empty, n_frames = _harmonise_case(
-                reader, spec, raw_root, item, split, record_files, sample_params, unit.unit
-            )
-        except ReadError as e:
-            reject_rows.append(
-                reject_row(spec.name, unit.unit, "read", e.reason, e.detail, item.files[0].path)
-            )
-            n_rejected_items += 1
-            source_rows.extend(_source_rows(spec.name, unit.unit, case_hash, item, files, "rejected", 0))
-            continue
-        except Exception as e:  # noqa: BLE001 — a bug or a format we do not know must not stop the build
-            log.exception("unexpected error on %s", schema.scrub_uids(item.files[0].path))
-            reject_rows.append(
-                reject_row(
-                    spec.name,
-                    unit.unit,
-                    "read",
-                    "unexpected_error",
-                    f"{type(e).__name__}: {e}",
-                    item.files[0].path,
-                )
-            )
-            n_rejected_items += 1
-            source_rows.extend(_source_rows(spec.name, unit.unit, case_hash, item, files, "rejected", 0))
-            continue
-        n_empty += empty
-        for drop_row in case_drops:
-            if drop_row["stage"] == "region":
-                drop_counts[drop_row["reason"]] += 1
-        reject_rows.extend(case_drops)
-        if not case_samples:  # read fine, yet nothing to publish: said, never silently absent
-            reason, detail = _nothing_kept(item, n_frames, case_drops)
-            reject_rows.append(reject_row(spec.name, unit.unit, "read", reason, detail, item.files[0].path))
-            n_rejected_items += 1
-            source_rows.extend(_source_rows(spec.name, unit.unit, case_hash, item, files, "rejected", 0))
-            continue
-        # Only now, with the whole case harmonised, do its samples reach the shards: a case is all or nothing.
-        for s in case_samples:
-            split_writer = writers.get(s.record["split"])
-            if split_writer is None:
-                split_writer = writers[s.record["split"]] = ShardWriter(
-                    out,
-                    f"shards/{spec.name}/{s.record['split']}",
-                    s.record["split"],
-                    unit.unit,
-                    unit.params.shard_max_bytes,
-                )
-            shard = split_writer.write(s.key, s.members())
-            samples.append(_sample_row(s, shard, unit.unit, case_hash, rule_split))
-        region_rows.extend(case_regions)
-        source_rows.extend(
-            _source_rows(spec.name, unit.unit, case_hash, item, files, "ok", len(case_samples))
-        )
-
-    # Library messages (nibabel, Pillow) name files by absolute path: the corpus must not depend on where the
-    # raw root is mounted (a copied raw root gives identical bytes), nor show it.
-    for row in reject_rows:
-        row["detail"] = row["detail"].replace(f"{raw_root}/", "").replace(str(raw_root), "<raw root>")
-    shards: list[ShardInfo] = []
-    for split_name in sorted(writers):
-        shards.extend(writers[split_name].close())
-    for kind, rows in (
-        ("samples", samples),
-        ("regions", region_rows),
-        ("sources", source_rows),
-        ("rejects", reject_rows),
-    ):
-        write_parquet(out / "manifests" / kind / spec.name / f"{unit.unit:05d}.parquet", kind, rows)
-
-    stats = {
-        "dataset": spec.name,
-        "unit": unit.unit,
-        "fingerprint": unit.fingerprint,
-        "n_items": len(unit.items),
-        "n_items_rejected": n_rejected_items,
-        "n_samples": len(samples),
-        "n_regions": len(region_rows),
-        "n_rejects": len(reject_rows),
-        "n_empty_frames_skipped": n_empty,
-        "samples_by_split": dict(sorted(Counter(s["split"] for s in samples).items())),
-        "regions_by_kind": dict(sorted(Counter(r["kind"] for r in region_rows).items())),
-        "region_drops": dict(sorted(drop_counts.items())),
-        "shards": [dataclasses.asdict(s) for s in shards],
-    }
+        _run_item(unit, spec, item, acc)
+    stats = _write_unit(unit, spec, acc)
     fault_point("unit.marker")
     atomic_write_json(marker, stats)  # last: the unit is done
     fault_point("unit.done")
     return {**stats, "skipped": False, "seconds": time.perf_counter() - started, "node": _node_id()}
+
+
+def _finished_marker(marker: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The unit's marker when it says the unit is done with these inputs; None means (re)do the unit."""
+    if not marker.is_file():
+        return None
+    try:
+        existing = load_json(marker)
+    except (OSError, ValueError):
+        return None  # an unreadable marker means an unfinished unit
+    return existing if existing.get("fingerprint") == fingerprint else None
+
+
+@dataclasses.dataclass
+class _UnitRows:
+    """What a unit writes, gathered item by item: shard writers per split and the four manifests' rows."""
+
+    dataset: str
+    unit: int
+    writers: dict[str, ShardWriter] = dataclasses.field(default_factory=dict)
+    samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    regions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    sources: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    rejects: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    drop_counts: Counter[str] = dataclasses.field(default_factory=Counter)
+    n_empty: int = 0
+    n_rejected_items: int = 0
+
+    def reject_item(self, item: SourceItem, case_hash: str, files: list, reason: str, detail: str, path: str):
+        """The whole case is refused: one read-stage row, its source files marked rejected."""
+        self.rejects.append(reject_row(self.dataset, self.unit, "read", reason, detail, path))
+        self.n_rejected_items += 1
+        self.sources.extend(_source_rows(self.dataset, self.unit, case_hash, item, files, "rejected", 0))
+
+
+def _checked_files(raw_root: Path, item: SourceItem) -> tuple[list[dict[str, Any]], ReadError | None, str]:
+    """The item's files with their sha256 and size, up to the first one at fault: then the error
+    (``outside_root``: a '..' or a symlink out of the folder; ``missing_file``; ``empty_file``) and its path."""
+    files = []
+    for f in item.files:
+        try:
+            p = inside_dataset(raw_root, f.path)
+            size = p.stat().st_size
+            if size == 0 and p.is_file():
+                raise ReadError("empty_file", f"{f.path}: the file is empty (0 bytes)")
+            files.append({"role": f.role, "path": f.path, "sha256": sha256_file(p), "bytes": size})
+        except OSError as e:
+            return files, ReadError("missing_file", f"{f.path}: {e.strerror or type(e).__name__}"), f.path
+        except ReadError as e:
+            return files, e, f.path
+    return files, None, ""
+
+
+def _run_item(unit: WorkUnit, spec: DatasetSpec, item: SourceItem, acc: _UnitRows) -> None:
+    """One case: its files checked, its frames harmonised, then all its samples written, or one reject."""
+    raw_root = Path(unit.raw_root)
+    case_hash = schema.hash_id(unit.params.id_salt, spec.name, item.case_id)
+    files, error, at = _checked_files(raw_root, item)
+    if error is not None:
+        acc.reject_item(item, case_hash, files, error.reason, error.detail, at)
+        return
+    record_files = [
+        {"role": f["role"], "path": schema.scrub_uids(f["path"]), "sha256": f["sha256"]} for f in files
+    ]
+    try:
+        rule_split = split_by_rule(spec.split, spec.name, item.patient_id, item.official_split)
+        patient_hash = schema.hash_id(unit.params.id_salt, spec.name, item.patient_id)
+        split = assign_split(
+            spec.split,
+            spec.name,
+            item.patient_id,
+            item.official_split,
+            dict(unit.forced_splits).get(patient_hash),
+        )
+        case_samples, case_regions, case_drops, empty, n_frames = _harmonise_case(
+            get_reader(spec.format.family),
+            spec,
+            raw_root,
+            item,
+            split,
+            record_files,
+            unit.params.sample_params(),
+            unit.unit,
+        )
+    except ReadError as e:
+        acc.reject_item(item, case_hash, files, e.reason, e.detail, item.files[0].path)
+        return
+    except Exception as e:  # noqa: BLE001 — a bug or a format we do not know must not stop the build
+        log.exception("unexpected error on %s", schema.scrub_uids(item.files[0].path))
+        detail = f"{type(e).__name__}: {e}"
+        acc.reject_item(item, case_hash, files, "unexpected_error", detail, item.files[0].path)
+        return
+    acc.n_empty += empty
+    for drop_row in case_drops:
+        if drop_row["stage"] == "region":
+            acc.drop_counts[drop_row["reason"]] += 1
+    acc.rejects.extend(case_drops)
+    if not case_samples:  # read fine, yet nothing to publish: said, never silently absent
+        reason, detail = _nothing_kept(item, n_frames, case_drops)
+        acc.reject_item(item, case_hash, files, reason, detail, item.files[0].path)
+        return
+    # Only now, with the whole case harmonised, do its samples reach the shards: a case is all or nothing.
+    for s in case_samples:
+        split_name = s.record["split"]
+        writer = acc.writers.get(split_name)
+        if writer is None:
+            writer = acc.writers[split_name] = ShardWriter(
+                Path(unit.out),
+                f"shards/{spec.name}/{split_name}",
+                split_name,
+                unit.unit,
+                unit.params.shard_max_bytes,
+            )
+        shard = writer.write(s.key, s.members())
+        acc.samples.append(_sample_row(s, shard, unit.unit, case_hash, rule_split))
+    acc.regions.extend(case_regions)
+    acc.sources.extend(_source_rows(spec.name, unit.unit, case_hash, item, files, "ok", len(case_samples)))
+
+
+def _write_unit(unit: WorkUnit, spec: DatasetSpec, acc: _UnitRows) -> dict[str, Any]:
+    """Close the shards and write the four manifests; returns the marker's stats (not yet written)."""
+    out, raw_root = Path(unit.out), Path(unit.raw_root)
+    # Library messages (nibabel, Pillow) name files by absolute path: the corpus must not depend on where the
+    # raw root is mounted (a copied raw root gives identical bytes), nor show it.
+    for row in acc.rejects:
+        row["detail"] = row["detail"].replace(f"{raw_root}/", "").replace(str(raw_root), "<raw root>")
+    shards: list[ShardInfo] = []
+    for split_name in sorted(acc.writers):
+        shards.extend(acc.writers[split_name].close())
+    for kind, rows in (
+        ("samples", acc.samples),
+        ("regions", acc.regions),
+        ("sources", acc.sources),
+        ("rejects", acc.rejects),
+    ):
+        write_parquet(out / "manifests" / kind / spec.name / f"{unit.unit:05d}.parquet", kind, rows)
+    return {
+        "dataset": spec.name,
+        "unit": unit.unit,
+        "fingerprint": unit.fingerprint,
+        "n_items": len(unit.items),
+        "n_items_rejected": acc.n_rejected_items,
+        "n_samples": len(acc.samples),
+        "n_regions": len(acc.regions),
+        "n_rejects": len(acc.rejects),
+        "n_empty_frames_skipped": acc.n_empty,
+        "samples_by_split": dict(sorted(Counter(s["split"] for s in acc.samples).items())),
+        "regions_by_kind": dict(sorted(Counter(r["kind"] for r in acc.regions).items())),
+        "region_drops": dict(sorted(acc.drop_counts.items())),
+        "shards": [dataclasses.asdict(s) for s in shards],
+    }
 
 
 def _node_id() -> str:

@@ -12,10 +12,9 @@ from typing import TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import ValidationError
 
-from medpclip.frame import Intensity, ReadError, SourceFile, SourceItem
-from medpclip.sources.base import DEFAULT_MAX_PIXELS, Options, check_pixels
+from medpclip.frame import ReadError, SourceFile, SourceItem
+from medpclip.sources.base import DEFAULT_MAX_PIXELS, LoadedImage, Options, check_pixels
 from medpclip.specs import DatasetSpec, LabelEntry
 
 # OS and archive debris that sits next to real data (format reference §0.1)
@@ -27,17 +26,16 @@ OptionsT = TypeVar("OptionsT", bound=Options)
 
 
 def parse_options(spec: DatasetSpec, model: type[OptionsT]) -> OptionsT:
-    """The spec's options as ``model``. A loaded spec's ``format.options`` already is one (specs validate
-    options when they load); this refuses a spec handed to the wrong family."""
+    """The spec's options, checked to be a ``model`` (for a family with one model per layout, their common
+    base). A loaded spec's ``format.options`` already is one (specs validate options when they load); this
+    refuses a spec handed to the wrong family."""
     options = spec.format.options
     if isinstance(options, model):
         return options
-    try:
-        return model.model_validate(options)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(options)"
-        raise ReadError("bad_option", f"spec '{spec.name}' format.options.{loc}: {first['msg']}") from None
+    raise ReadError(
+        "bad_option",
+        f"spec '{spec.name}' has format.family '{spec.format.family}', whose options are not {model.__name__}",
+    )
 
 
 def is_junk(path: PurePosixPath | Path) -> bool:
@@ -235,35 +233,39 @@ def _open(path: Path, rel: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
         raise ReadError("unreadable_image", f"{rel}: {type(e).__name__}: {e}") from None
 
 
-def load_image(
-    path: Path, rel: str, grey: bool = False, *, dicom_voi: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> tuple[np.ndarray, Intensity]:
-    """An image file → (H, W) or (H, W, 3) array and its intensity meaning.
+def read_image(
+    path: Path, rel: str, *, grey: bool = False, dicom_voi: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> LoadedImage:
+    """An image file → (H, W) or (H, W, 3) array, its intensity meaning and its pixel spacing: the one image
+    loader of the 2D readers (raster, tables, reports, contours), so a DICOM file gets the same treatment
+    (spacing, VOI, MONOCHROME1, colour) whichever family's spec names it.
 
     8-bit images come back as ``uint8``; palette, alpha, CMYK, YCbCr and 1-bit images are converted to RGB
     (or L with ``grey``). 16/32-bit greyscale comes back unchanged as ``raw`` scanner values. ``grey`` forces
     one channel: a greyscale dataset's occasional RGB/RGBA file has equal channels, so L loses nothing.
+    These formats state no spacing in mm (a PNG's pHYs is a print resolution), so ``spacing_mm`` is None.
 
     DICOM files (``.dcm``/``.dicom``/…, or no suffix and the DICM preamble) go through
-    :func:`medpclip.sources.dicom.load_dicom_image`: CT → ``hu``; other grey images display-correct
+    :func:`medpclip.sources.dicom.image.read_dicom_image`: CT → ``hu``; other grey images display-correct
     (MONOCHROME1 inverted) as ``uint8`` through the file's VOI LUT/window (``dicom_voi``) or when stored in
-    8 bits, else ``raw``.
+    8 bits, else ``raw``; ``spacing_mm`` from PixelSpacing (or ImagerPixelSpacing), so an image with
+    non-square pixels is resized to its true aspect.
     """
     # imported here: pydicom is a heavy import that a PNG-only dataset never needs
     from medpclip.sources.dicom.files import is_dicom_path
-    from medpclip.sources.dicom.image import load_dicom_image
+    from medpclip.sources.dicom.image import read_dicom_image
 
     if is_dicom_path(path):
-        return load_dicom_image(path, rel, voi=dicom_voi, grey=grey, max_pixels=max_pixels)
+        return read_dicom_image(path, rel, voi=dicom_voi, grey=grey, max_pixels=max_pixels)
     with _open(path, rel, max_pixels) as img:
         if img.mode in _WIDE_MODES:
-            return np.asarray(img), "raw"
+            return LoadedImage(np.asarray(img), "raw")
         if grey:
             target = "L"
         else:
             target = img.mode if img.mode in ("L", "RGB") else ("L" if img.mode in ("1", "LA") else "RGB")
         out = img if img.mode == target else img.convert(target)
-        return np.asarray(out), "uint8"
+        return LoadedImage(np.asarray(out), "uint8")
 
 
 def load_mask(path: Path, rel: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

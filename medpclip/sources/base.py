@@ -10,13 +10,14 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, Union
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from medpclip.frame import ReadError
+from medpclip.frame import Intensity, ReadError
 
 if TYPE_CHECKING:
     from medpclip.frame import Frame, SourceItem
@@ -39,6 +40,16 @@ class ReaderOptions(Options):
     × frames × samples per pixel) is refused as ``too_large`` before its data is read."""
 
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+
+
+@dataclass
+class LoadedImage:
+    """One decoded 2D image as every reader gets it from ``_common.read_image``: display-correct pixels,
+    what their values mean, and the (row, col) pixel spacing in mm when the file states it (DICOM)."""
+
+    array: np.ndarray
+    intensity: Intensity
+    spacing_mm: tuple[float, float] | None = None
 
 
 def check_pixels(shape: Iterable[int], rel: str, max_pixels: int, what: str = "image") -> None:
@@ -82,13 +93,63 @@ def regex_with(*groups: str) -> Any:
 Regex = regex_with()
 
 
+def layout_union(layouts: dict[str, type[ReaderOptions]], default: str | None = None) -> Any:
+    """One family's options as a union of per-layout models tagged by ``layout`` (``default`` when a spec
+    leaves it out). Pydantic names the layout taken in an error's location (``format.options.msd.x``);
+    ``medpclip.specs`` drops that tag, as it drops the family's."""
+    names = ", ".join(f"'{name}'" for name in layouts)
+
+    def layout_of(value: Any) -> str | None:
+        layout = value.get("layout", default) if isinstance(value, dict) else getattr(value, "layout", None)
+        return layout if isinstance(layout, str) else None
+
+    members = tuple(Annotated[model, Tag(name)] for name, model in layouts.items())
+    return Annotated[
+        Union[members],  # noqa: UP007 — a runtime tuple of members
+        Discriminator(
+            layout_of,
+            custom_error_type="invalid_layout",
+            custom_error_message=f"layout must be one of {names}",
+        ),
+    ]
+
+
+def check_glob(pattern: str) -> str:
+    """A glob relative to the dataset folder, checked when the spec loads: pathlib refuses a bad one only
+    when discovery first runs it (``NotImplementedError`` for an absolute one, ``ValueError`` for ``a**``)."""
+    path = PurePosixPath(pattern)
+    if not pattern.strip():
+        raise ValueError("a glob must not be empty")
+    if path.is_absolute() or re.match(r"^[A-Za-z]:[\\/]", pattern):
+        raise ValueError(f"glob '{pattern}' is absolute: give it relative to the dataset folder")
+    if ".." in path.parts:
+        raise ValueError(f"glob '{pattern}' leaves the dataset folder ('..')")
+    if any("**" in part and part != "**" for part in path.parts):
+        raise ValueError(f"glob '{pattern}': '**' must be a whole path component (e.g. '**/*.png')")
+    return pattern
+
+
+def check_globs(patterns: str | list[str]) -> str | list[str]:
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        check_glob(pattern)
+    return patterns
+
+
+Glob = Annotated[str, AfterValidator(check_glob)]
+# one glob, or several whose matches are joined; checked as a whole so an error names the field, not the
+# branch of a ``str | list`` union pydantic tried
+Globs = Annotated[str | list[str], AfterValidator(check_globs)]
+
+
 class Reader(Protocol):
     """A format family. ``discover(spec, root)`` lists the cases under the dataset folder ``root`` (sorted by
-    case id, junk skipped, paths relative to the raw root); ``read(spec, raw_root, item)`` turns one case
-    into Frames and raises ``ReadError`` for input it cannot read. Readers know formats and nothing else."""
+    case id, junk skipped, paths relative to the raw root) and may return, as its generator's value, notes
+    on the dataset as a whole (``frame.DiscoveryNote``: plan-stage rejects with a summary line);
+    ``read(spec, raw_root, item)`` turns one case into Frames and raises ``ReadError`` for input it cannot
+    read. Readers know formats and nothing else."""
 
     family: str
-    options: type[ReaderOptions]
+    options: Any  # a ReaderOptions model, or a union of them tagged by ``layout`` (``layout_union``)
     unit_items: int  # cases per work unit by default: a few volumes or a few thousand 2D images
 
     def discover(self, spec: DatasetSpec, root: Path) -> Iterator[SourceItem]: ...

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from medpclip.sources.base import ReaderOptions
 from medpclip.sources.contours.options import ContourOptions
 from medpclip.sources.dicom.options import DicomOptions
 from medpclip.sources.raster.options import RasterOptions
@@ -34,7 +33,7 @@ class Family:
     one with ``discover`` (the same module but in ``dicom``, whose discovery is a module of its own)."""
 
     family: str
-    options: type[ReaderOptions]
+    options: Any  # a ReaderOptions model or a layout union of them (sources/base.layout_union)
     unit_items: int  # a few volumes or series (hundreds of slices each) or a few thousand 2D images
     reader: str
     discovery: str
@@ -46,7 +45,7 @@ class Family:
         return importlib.import_module(self.reader).read(spec, raw_root, item)
 
 
-def _family(name: str, options: type[ReaderOptions], unit_items: int, discovery: str = "reader") -> Family:
+def _family(name: str, options: Any, unit_items: int, discovery: str = "reader") -> Family:
     return Family(
         name, options, unit_items, f"medpclip.sources.{name}.reader", f"medpclip.sources.{name}.{discovery}"
     )

@@ -34,11 +34,12 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medpclip.fileio import sha256_file
 from medpclip.model.losses import medpclip_loss
@@ -54,33 +55,40 @@ class TrainError(RuntimeError):
     """Training cannot start (bad arguments, an existing run without --resume) or failed."""
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(BaseModel):
+    """Every training parameter, declared once: ``medpclip train``, the ``pretrain`` and ``pipeline`` flows
+    pass these (tests/test_params.py checks they expose each with this default), and a bad value is refused
+    here in one line naming the field, before Ray starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
     corpus: str
     out: str
     model: str = "ViT-B-16"
     pretrained: str | None = None  # local open_clip checkpoint file for the backbone
-    image_size: int | None = None  # None: the model's own (224 for ViT-B-16, 64 for tiny)
-    prompt_layer: int | None = None
-    steps: int = 1000
-    batch_size: int = 64  # per worker and micro-batch
-    accum_steps: int = 1
-    workers: int = 1
+    image_size: int | None = Field(
+        default=None, ge=16
+    )  # None: the model's own (224 for ViT-B-16, 64 for tiny)
+    prompt_layer: int | None = Field(default=None, ge=0)
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=64, ge=1)  # per worker and micro-batch
+    accum_steps: int = Field(default=1, ge=1)
+    workers: int = Field(default=1, ge=1)
     gpu: bool = False
-    cpus_per_worker: int = 1
-    loader_workers: int = 2  # DataLoader processes per Ray Train worker
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    warmup: int | None = None  # None: 10 % of the steps, at most 500
-    region_weight: float = 1.0
+    cpus_per_worker: int = Field(default=1, ge=1)
+    loader_workers: int = Field(default=2, ge=0)  # DataLoader processes per Ray Train worker
+    lr: float = Field(default=5e-4, gt=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    warmup: int | None = Field(default=None, ge=0)  # None: 10 % of the steps, at most 500
+    region_weight: float = Field(default=1.0, ge=0)
     grad_checkpointing: bool = False
     seed: int = 0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    max_failures: int = 0  # worker-group restarts from the latest checkpoint before the run fails
+    checkpoint_every: int = Field(default=500, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    log_every: int = Field(default=10, ge=1)
+    max_failures: int = Field(default=0, ge=0)  # worker-group restarts from the latest checkpoint
     datasets: list[str] | None = None
-    data: dict[str, Any] = field(default_factory=dict)  # DataConfig fields (image_size is set from above)
+    data: dict[str, Any] = Field(default_factory=dict)  # DataConfig fields (image_size is set from above)
 
     #: Fields no entry point exposes as an option of its own, with the reason (tests/test_params.py checks
     #: that every other field is an option of ``medpclip train``, the ``pretrain`` and ``pipeline`` flows,
@@ -89,7 +97,18 @@ class TrainConfig:
         "data": "a dict of DataConfig fields (augmentation, prompt sampling): library-level, no flat option",
     }
 
-    def model_config(self) -> ModelConfig:
+    @classmethod
+    def of(cls, **values: Any) -> TrainConfig:
+        """``TrainConfig(**values)`` with a bad value refused as a one-line ``TrainError`` naming its option
+        (``--steps: Input should be greater than or equal to 1 (got 0)``), for the CLI and the flows."""
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            first = e.errors()[0]
+            option = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
+            raise TrainError(f"{option}: {first['msg']} (got {first.get('input')!r})") from None
+
+    def backbone_config(self) -> ModelConfig:
         return ModelConfig(
             name=self.model,
             pretrained=self.pretrained,
@@ -283,8 +302,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 def run_loop(cfg: TrainConfig, run_id: str, ctx) -> dict[str, Any]:
     """The training loop of one worker; ``ctx`` is a :class:`RayContext` or a :class:`LocalContext`.
     Returns the last metrics."""
-    from torch.nn.parallel import DistributedDataParallel
-
     from medpclip.faults import fault_point
 
     rank, world, device = ctx.rank, ctx.world, ctx.device
@@ -296,7 +313,7 @@ def run_loop(cfg: TrainConfig, run_id: str, ctx) -> dict[str, Any]:
         torch.backends.cudnn.allow_tf32 = True
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # the same initial weights on every worker, whatever ran before
-        model, tokenizer = build_model(cfg.model_config())
+        model, tokenizer = build_model(cfg.backbone_config())
     if cfg.grad_checkpointing:
         model.clip.set_grad_checkpointing(True)
     model.to(device)
@@ -305,19 +322,7 @@ def run_loop(cfg: TrainConfig, run_id: str, ctx) -> dict[str, Any]:
     )
     warmup = cfg.warmup if cfg.warmup is not None else min(500, cfg.steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, warmup, cfg.steps))
-
-    start_step, resumed = 0, {}
-    source = _resume_source(ctx.get_checkpoint(), Path(cfg.out))
-    if source is not None:
-        with source as d:
-            model.load_state_dict(torch.load(Path(d) / "model.pt", map_location=device, weights_only=True))
-            state = torch.load(Path(d) / "train_state.pt", map_location=device, weights_only=False)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_step = int(state["step"])
-        resumed = {"resumed_from_step": start_step, "resumed_checksum": state_checksum(model)}
-        if rank == 0:
-            print(f"[medpclip train] resumed from step {start_step}", flush=True)
+    start_step, resumed = _resume(cfg, ctx, model, optimizer, scheduler)
 
     ddp = ctx.prepare(model)
     data_cfg = cfg.data_config()
@@ -334,15 +339,13 @@ def run_loop(cfg: TrainConfig, run_id: str, ctx) -> dict[str, Any]:
         datasets=cfg.datasets,
     )
     batches = iter(loader)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_gpu else contextlib.nullcontext
     data_counts: Counter[str] = Counter()
-    window: dict[str, float] = Counter()
-    n_window = 0
+    window: Counter[str] = Counter()  # sums over the steps since the last log line
     meta_base = {
         "run_id": run_id,
-        "model": cfg.model_config().to_dict() | {"image_size": data_cfg.image_size},
+        "model": cfg.backbone_config().to_dict() | {"image_size": data_cfg.image_size},
         "data": data_cfg.to_dict(),
-        "config": asdict(cfg),
+        "config": cfg.model_dump(),
     }
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
@@ -350,67 +353,24 @@ def run_loop(cfg: TrainConfig, run_id: str, ctx) -> dict[str, Any]:
 
     for step in range(start_step + 1, cfg.steps + 1):
         t_step = time.perf_counter()
-        wait = 0.0
         optimizer.zero_grad(set_to_none=True)
-        for micro in range(cfg.accum_steps):
-            t_wait = time.perf_counter()
-            batch = next(batches)
-            wait += time.perf_counter() - t_wait
-            data_counts.update(batch["stats"])
-            images = model.preprocess(batch["images"].to(device, non_blocking=True))
-            prompts = prompts_of(batch, device)
-            texts = torch.cat([batch["caption_tokens"], batch["region_tokens"]]).to(device, non_blocking=True)
-            last = micro == cfg.accum_steps - 1
-            sync = ddp.no_sync() if (isinstance(ddp, DistributedDataParallel) and not last) else None
-            with sync or contextlib.nullcontext(), autocast():
-                out = ddp(images, prompts, texts)
-                losses = medpclip_loss(
-                    out,
-                    batch["caption_labels"].to(device),
-                    batch["region_labels"].to(device),
-                    n_captions=images.shape[0],
-                    region_weight=cfg.region_weight,
-                )
-            (losses["loss"] / cfg.accum_steps).backward()
-            window["regions"] += int(prompts.valid.sum())
+        wait = _accumulate_gradients(cfg, model, ddp, batches, device, data_counts, window)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         if on_gpu:
             torch.cuda.synchronize(device)  # so that step time includes the GPU work (honest wait share)
-        dt = time.perf_counter() - t_step
-        n_window += 1
-        window["time"] += dt
+        window["steps"] += 1
+        window["time"] += time.perf_counter() - t_step
         window["wait"] += wait
-        for k in ("loss", "image_loss", "region_loss"):
-            window[k] += float(losses[k].detach())
 
         checkpoint_now = step % cfg.checkpoint_every == 0 or step == cfg.steps
         if step % cfg.log_every and not checkpoint_now:
             continue
         totals = _all_reduce_counts(data_counts, device, world)
-        images_per_step = cfg.batch_size * cfg.accum_steps * world
-        metrics = {
-            "step": step,
-            "loss": window["loss"] / n_window,
-            "image_loss": window["image_loss"] / n_window,
-            "region_loss": window["region_loss"] / n_window,
-            "lr": scheduler.get_last_lr()[0],
-            "samples_per_s": images_per_step * n_window / max(window["time"], 1e-9),
-            "step_s": window["time"] / n_window,
-            "data_wait_frac": window["wait"] / max(window["time"], 1e-9),
-            "regions_per_image": window["regions"] / (cfg.batch_size * cfg.accum_steps * n_window),
-            "logit_scale": float(model.clip.logit_scale.detach().exp()),
-            "region_logit_scale": float(model.region_logit_scale.detach().exp()),
-            "gpu_mem_peak_gb": torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else 0.0,
-            "samples_seen": totals.get("samples", 0),
-            "data_bad_samples": sum(v for k, v in totals.items() if k.startswith("bad_")),
-            "data_dropped_regions": sum(v for k, v in totals.items() if k.startswith("dropped_")),
-            "world_size": world,
-            "run_id": run_id,
-            **resumed,
-        }
-        window, n_window = Counter(), 0
+        metrics = _window_metrics(cfg, step, window, totals, model, scheduler, device, world)
+        metrics.update(run_id=run_id, **resumed)
+        window = Counter()
         last_metrics = metrics
         if rank == 0:
             print(
@@ -434,6 +394,85 @@ def run_loop(cfg: TrainConfig, run_id: str, ctx) -> dict[str, Any]:
     if rank == 0 and last_metrics:
         print(f"[medpclip train] done at step {cfg.steps}", flush=True)
     return last_metrics
+
+
+def _resume(cfg: TrainConfig, ctx, model, optimizer, scheduler) -> tuple[int, dict[str, Any]]:
+    """Load the newest complete checkpoint into model, optimizer and scheduler; (its step, the metrics that
+    say so). (0, {}) when there is none."""
+    source = _resume_source(ctx.get_checkpoint(), Path(cfg.out))
+    if source is None:
+        return 0, {}
+    device = ctx.device
+    with source as d:
+        model.load_state_dict(torch.load(Path(d) / "model.pt", map_location=device, weights_only=True))
+        state = torch.load(Path(d) / "train_state.pt", map_location=device, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = int(state["step"])
+    if ctx.rank == 0:
+        print(f"[medpclip train] resumed from step {start_step}", flush=True)
+    return start_step, {"resumed_from_step": start_step, "resumed_checksum": state_checksum(model)}
+
+
+def _accumulate_gradients(cfg: TrainConfig, model, ddp, batches, device, data_counts, window) -> float:
+    """Forward and backward ``cfg.accum_steps`` micro-batches (gradients all-reduced on the last only);
+    adds the losses and region counts to ``window``. Returns the seconds spent waiting for data."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    on_gpu = device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_gpu else contextlib.nullcontext
+    wait = 0.0
+    for micro in range(cfg.accum_steps):
+        t_wait = time.perf_counter()
+        batch = next(batches)
+        wait += time.perf_counter() - t_wait
+        data_counts.update(batch["stats"])
+        images = model.preprocess(batch["images"].to(device, non_blocking=True))
+        prompts = prompts_of(batch, device)
+        texts = torch.cat([batch["caption_tokens"], batch["region_tokens"]]).to(device, non_blocking=True)
+        last = micro == cfg.accum_steps - 1
+        sync = ddp.no_sync() if (isinstance(ddp, DistributedDataParallel) and not last) else None
+        with sync or contextlib.nullcontext(), autocast():
+            out = ddp(images, prompts, texts)
+            losses = medpclip_loss(
+                out,
+                batch["caption_labels"].to(device),
+                batch["region_labels"].to(device),
+                n_captions=images.shape[0],
+                region_weight=cfg.region_weight,
+            )
+        (losses["loss"] / cfg.accum_steps).backward()
+        window["regions"] += int(prompts.valid.sum())
+    for k in ("loss", "image_loss", "region_loss"):  # the last micro-batch's, as logged before
+        window[k] += float(losses[k].detach())
+    return wait
+
+
+def _window_metrics(
+    cfg: TrainConfig, step, window, totals, model, scheduler, device, world
+) -> dict[str, Any]:
+    """The metrics row of the steps since the last log line (``window``) and the data counts so far."""
+    on_gpu = device.type == "cuda"
+    n = window["steps"]
+    images_per_step = cfg.batch_size * cfg.accum_steps * world
+    return {
+        "step": step,
+        "loss": window["loss"] / n,
+        "image_loss": window["image_loss"] / n,
+        "region_loss": window["region_loss"] / n,
+        "lr": scheduler.get_last_lr()[0],
+        "samples_per_s": images_per_step * n / max(window["time"], 1e-9),
+        "step_s": window["time"] / n,
+        "data_wait_frac": window["wait"] / max(window["time"], 1e-9),
+        "regions_per_image": window["regions"] / (cfg.batch_size * cfg.accum_steps * n),
+        "logit_scale": float(model.clip.logit_scale.detach().exp()),
+        "region_logit_scale": float(model.region_logit_scale.detach().exp()),
+        "gpu_mem_peak_gb": torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else 0.0,
+        "samples_seen": totals.get("samples", 0),
+        "data_bad_samples": sum(v for k, v in totals.items() if k.startswith("bad_")),
+        "data_dropped_regions": sum(v for k, v in totals.items() if k.startswith("dropped_")),
+        "world_size": world,
+    }
 
 
 def _resume_source(checkpoint, out: Path):
@@ -478,16 +517,6 @@ def _check(cfg: TrainConfig) -> None:
         raise TrainError(f"unknown model '{cfg.model}': use 'tiny' or an open_clip name such as ViT-B-16")
     if cfg.pretrained and not Path(cfg.pretrained).is_file():
         raise TrainError(f"--pretrained must be a local checkpoint file, '{cfg.pretrained}' is not one")
-    for name, value in (
-        ("steps", cfg.steps),
-        ("batch-size", cfg.batch_size),
-        ("workers", cfg.workers),
-        ("accum-steps", cfg.accum_steps),
-        ("checkpoint-every", cfg.checkpoint_every),
-        ("log-every", cfg.log_every),
-    ):
-        if value < 1:
-            raise TrainError(f"--{name} must be at least 1, got {value}")
     shard_lists(Path(cfg.corpus), "train", cfg.datasets)  # DataError when there is nothing to train on
 
 
@@ -501,7 +530,7 @@ def _check_resume(cfg: TrainConfig, existing: Path | None, resume: bool) -> None
             "pass --resume to continue it, or choose another --out"
         )
     meta = json.loads((existing / "meta.json").read_text(encoding="utf-8"))
-    want = cfg.model_config().to_dict() | {"image_size": cfg.data_config().image_size}
+    want = cfg.backbone_config().to_dict() | {"image_size": cfg.data_config().image_size}
     for key in ("name", "image_size", "prompt_layer"):
         if meta["model"].get(key) != want.get(key):
             raise TrainError(
@@ -527,20 +556,20 @@ def train(
 
     t0 = time.monotonic()
     out = Path(cfg.out).resolve()
-    cfg.out, cfg.corpus = str(out), str(Path(cfg.corpus).resolve())
+    cfg = cfg.model_copy(update={"out": str(out), "corpus": str(Path(cfg.corpus).resolve())})
     _check(cfg)
     _check_resume(cfg, latest_checkpoint(out), resume)
     run_file = out / "run.json"
     previous = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
     run_id = previous.get("run_id") or f"{cfg.model.lower()}-{uuid.uuid4().hex[:10]}"
-    status = {"run_id": run_id, "status": "running", "config": asdict(cfg)}
+    status = {"run_id": run_id, "status": "running", "config": cfg.model_dump()}
     atomic_write_json(run_file, {**previous, **status})
 
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.gpu else {})}
     with ray_session(ray_address, num_cpus):
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"config": asdict(cfg), "run_id": run_id},
+            train_loop_config={"config": cfg.model_dump(), "run_id": run_id},
             torch_config=TorchConfig(backend="nccl" if cfg.gpu else "gloo"),
             scaling_config=ScalingConfig(
                 num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=resources
@@ -584,8 +613,7 @@ def train_local(cfg: TrainConfig, *, resume: bool = False, device: str | None = 
 
     t0 = time.monotonic()
     out = Path(cfg.out).resolve()
-    cfg.out, cfg.corpus = str(out), str(Path(cfg.corpus).resolve())
-    cfg.workers = 1
+    cfg = cfg.model_copy(update={"out": str(out), "corpus": str(Path(cfg.corpus).resolve()), "workers": 1})
     _check(cfg)
     _check_resume(cfg, latest_checkpoint(out), resume)
     run_file = out / "run.json"
@@ -593,7 +621,7 @@ def train_local(cfg: TrainConfig, *, resume: bool = False, device: str | None = 
     run_id = previous.get("run_id") or f"{cfg.model.lower()}-{uuid.uuid4().hex[:10]}"
     dev = torch.device(device or ("cuda" if cfg.gpu and torch.cuda.is_available() else "cpu"))
     ctx = LocalContext(out, dev, cfg.keep_checkpoints)
-    status = {"run_id": run_id, "status": "running", "config": asdict(cfg)}
+    status = {"run_id": run_id, "status": "running", "config": cfg.model_dump()}
     atomic_write_json(run_file, {**previous, **status})
     metrics = run_loop(cfg, run_id, ctx)
     ckpt = latest_checkpoint(out)

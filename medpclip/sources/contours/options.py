@@ -10,21 +10,34 @@ from typing import Literal
 
 from pydantic import Field
 
-from medpclip.sources.base import ReaderOptions
+from medpclip.sources.base import Globs, ReaderOptions, layout_union
 
 
-class ContourOptions(ReaderOptions):
-    layout: Literal["lidc", "imagescope"]
-    # lidc
-    files: str | list[str] = "**/*"
+class ContourLayout(ReaderOptions):
+    """The base of the contours layouts (they share no option but ``max_pixels``)."""
+
+
+class LidcContours(ContourLayout):
+    """``layout: lidc``: LIDC-IDRI's CT series with the readers' nodule XML (``LidcReadMessage``)."""
+
+    layout: Literal["lidc"]
+    files: Globs = "**/*"
     modalities: list[str] = Field(default_factory=lambda: ["CT"])
     regions: Literal["mask", "box"] = "mask"
     include_contour: bool = False
     small_nodules: Literal["point", "skip"] = "point"
     non_nodules: bool = False
     repeated_slices: Literal["keep_lowest_instance", "reject"] = "keep_lowest_instance"
-    # imagescope
-    images: str | list[str] = "**/*.tif"
+
+
+class ImagescopeContours(ContourLayout):
+    """``layout: imagescope``: images with Aperio ImageScope annotation XML beside them (MoNuSeg)."""
+
+    layout: Literal["imagescope"]
+    images: Globs = "**/*.tif"
     annotations: list[str] = Field(default_factory=lambda: ["{dir}/{stem}.xml"])
     label: str | None = None
     splits: dict[str, str] = Field(default_factory=dict)
+
+
+ContourOptions = layout_union({"lidc": LidcContours, "imagescope": ImagescopeContours})

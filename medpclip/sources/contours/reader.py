@@ -74,19 +74,17 @@ from medpclip.sources._common import (
     files_of,
     glob_files,
     is_junk,
-    load_image,
     make_item,
     parse_options,
     parse_xml,
     raise_item_error,
     raw_path,
+    read_image,
     resolve_label,
     sorted_items,
 )
 from medpclip.sources._shapes import InstanceLayers, polygon_crop, rejected_outline
-from medpclip.sources.contours.options import (
-    ContourOptions,
-)
+from medpclip.sources.contours.options import ContourLayout, ImagescopeContours, LidcContours
 from medpclip.specs import SPLITS, DatasetSpec, format_spec
 
 NODULE, SMALL_NODULE, NON_NODULE = "nodule", "small nodule", "non-nodule"
@@ -94,8 +92,8 @@ _Z_TOLERANCE_MM = 0.05
 
 
 def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
-    opts = parse_options(spec, ContourOptions)
-    if opts.layout == "lidc":
+    opts = parse_options(spec, ContourLayout)
+    if isinstance(opts, LidcContours):
         yield from _discover_lidc(spec, opts, root)
     else:
         yield from _discover_imagescope(spec, opts, root)
@@ -103,8 +101,8 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
 
 def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
     raise_item_error(item)
-    opts = parse_options(spec, ContourOptions)
-    if opts.layout == "lidc":
+    opts = parse_options(spec, ContourLayout)
+    if isinstance(opts, LidcContours):
         yield from _read_lidc(spec, opts, raw_root, item)
     else:
         yield from _read_imagescope(spec, opts, raw_root, item)
@@ -128,7 +126,7 @@ def _number(value: str | None, rel: str, what: str) -> float:
 # --- LIDC-IDRI ---------------------------------------------------------------------------------------------
 
 
-def _discover_lidc(spec: DatasetSpec, opts: ContourOptions, root: Path) -> Iterator[SourceItem]:
+def _discover_lidc(spec: DatasetSpec, opts: LidcContours, root: Path) -> Iterator[SourceItem]:
     dicom_spec = spec.model_copy(
         update={"format": format_spec("dicom", {"files": opts.files, "volume_modalities": opts.modalities})}
     )
@@ -159,7 +157,7 @@ class _Roi:
     ys: np.ndarray
 
 
-def _read_lidc(spec: DatasetSpec, opts: ContourOptions, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
+def _read_lidc(spec: DatasetSpec, opts: LidcContours, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
     vol = dicom.load_series(
         raw_root,
         item,
@@ -248,10 +246,11 @@ def _read_lidc(spec: DatasetSpec, opts: ContourOptions, raw_root: Path, item: So
                     x = _number(_text(locus, "xCoord"), rel, "locus xCoord")
                     y = _number(_text(locus, "yCoord"), rel, "locus yCoord")
                     points.append(dicom.StackPoint(label[NON_NODULE], k, y + 0.5, x + 0.5, reader))
-    yield from dicom.volume_frames(spec, item, vol, channels, points=points, boxes=boxes)
+    # the masks are the readers' outlines on the acquisition plane (other planes cut through their stack)
+    yield from dicom.volume_frames(spec, item, vol, channels, points=points, boxes=boxes, outlined=True)
 
 
-def _lidc_labels(opts: ContourOptions) -> list[str]:
+def _lidc_labels(opts: LidcContours) -> list[str]:
     names = [NODULE]
     if opts.small_nodules == "point":
         names.append(SMALL_NODULE)
@@ -313,7 +312,7 @@ def _nodule_slice(
 # --- Aperio ImageScope (MoNuSeg) ---------------------------------------------------------------------------
 
 
-def _discover_imagescope(spec: DatasetSpec, opts: ContourOptions, root: Path) -> Iterator[SourceItem]:
+def _discover_imagescope(spec: DatasetSpec, opts: ImagescopeContours, root: Path) -> Iterator[SourceItem]:
     for split in opts.splits.values():
         if split not in SPLITS:
             raise ReadError("bad_option", f"spec '{spec.name}': split '{split}' is not one of {SPLITS}")
@@ -338,10 +337,11 @@ def _discover_imagescope(spec: DatasetSpec, opts: ContourOptions, root: Path) ->
 
 
 def _read_imagescope(
-    spec: DatasetSpec, opts: ContourOptions, raw_root: Path, item: SourceItem
+    spec: DatasetSpec, opts: ImagescopeContours, raw_root: Path, item: SourceItem
 ) -> Iterator[Frame]:
     rel = file_of(item, "image")
-    image, intensity = load_image(existing(raw_root, rel), rel, max_pixels=opts.max_pixels)
+    img = read_image(existing(raw_root, rel), rel, max_pixels=opts.max_pixels)
+    image, intensity = img.array, img.intensity
     if opts.label is None and len(spec.labels) != 1:
         raise ReadError("bad_option", f"spec '{spec.name}': give 'label' (the spec has several labels)")
     label = resolve_label(spec, opts.label or spec.labels[0].label).label
@@ -381,4 +381,5 @@ def _read_imagescope(
         spacing_mm=spacing,
         masks=[(label, layer) for layer in layers.layers],
         boxes=rejected,
+        outlined=True,  # every mask is a filled ImageScope polygon
     )

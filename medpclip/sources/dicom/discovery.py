@@ -150,7 +150,24 @@ def _case_stem(rel: PurePosixPath) -> str:
 
 def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
     opts = parse_options(spec, DicomOptions)
-    volume_modalities = {m.upper() for m in opts.volume_modalities}
+    headers, items = _headers_under(spec, root, opts)
+    units = _units(opts, [h for h in headers if h.kind == "image"])
+    annotations = [h for h in headers if h.kind in ("seg", "rtstruct")]
+    attached, rejected = _attach_annotations(spec, units, annotations)
+    items += rejected
+    for n, (kind, case_id, group) in enumerate(units):
+        items.append(_unit_item(spec, root, opts, kind, case_id, group, attached.get(n, [])))
+    yield from sorted_items(items)
+
+
+# a unit of work: a volume (series / enhanced file) or a single image file, as (kind, case_id, headers)
+_Unit = tuple[str, str, list[_Header]]
+
+
+def _headers_under(
+    spec: DatasetSpec, root: Path, opts: DicomOptions
+) -> tuple[list[_Header], list[SourceItem]]:
+    """The headers of the DICOM files under ``files``, and an item carrying its error per unreadable file."""
     headers: list[_Header] = []
     items: list[SourceItem] = []
     rels = [path.relative_to(root).as_posix() for path in glob_files(root, opts.files)]
@@ -166,9 +183,14 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
         if got.kind == "other" or (got.localizer and not opts.keep_localizers):
             continue
         headers.append(got)
+    return headers, items
 
-    images = [h for h in headers if h.kind == "image"]
-    annotations = [h for h in headers if h.kind in ("seg", "rtstruct")]
+
+def _units(opts: DicomOptions, images: list[_Header]) -> list[_Unit]:
+    """Image headers grouped into units: a series of a volume modality with slice geometry is one volume
+    (case id = its folder when the folder holds only it), an enhanced multi-frame file is one, and any other
+    file is an image of its own."""
+    volume_modalities = {m.upper() for m in opts.volume_modalities}
     by_series: dict[str, list[_Header]] = defaultdict(list)
     for h in images:
         group_key = h.series_uid or f"file:{h.rel}"
@@ -180,8 +202,7 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
         for h in group:
             folder_series[h.rel.parent].add(uid)
 
-    # units: a volume (series / enhanced file) or a single image file
-    units: list[tuple[str, str, list[_Header]]] = []  # (kind, case_id, headers)
+    units: list[_Unit] = []
     for _group_key, group in sorted(by_series.items()):
         group.sort(key=lambda h: h.rel.as_posix())
         first = group[0]
@@ -204,7 +225,14 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
             units.append(("enhanced", _case_stem(first.rel), group))
         else:
             units.extend(("image", _case_stem(h.rel), [h]) for h in group)
+    return units
 
+
+def _attach_annotations(
+    spec: DatasetSpec, units: list[_Unit], annotations: list[_Header]
+) -> tuple[dict[int, list[_Header]], list[SourceItem]]:
+    """SEG and RTSTRUCT files attached to the units they reference (by SOP instance, else series, else an
+    RTSTRUCT's one frame of reference); one that references nothing here is an item carrying its error."""
     unit_of_sop: dict[str, int] = {}
     unit_of_series: dict[str, int] = {}
     for n, (_, _, group) in enumerate(units):
@@ -212,6 +240,7 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
             unit_of_sop[h.sop_uid] = n
             unit_of_series.setdefault(h.series_uid, n)
     attached: dict[int, list[_Header]] = defaultdict(list)
+    rejected: list[SourceItem] = []
     for a in sorted(annotations, key=lambda h: h.rel.as_posix()):
         targets = {unit_of_sop[s] for s in a.ref_sops if s in unit_of_sop}
         if not targets:
@@ -228,7 +257,7 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
         elif a.kind == "rtstruct" and any(units[t][0] == "image" for t in targets):
             error = ("unmatched_annotation", f"{a.rel}: RTSTRUCT contours need a volume with geometry")
         if error is not None:
-            items.append(
+            rejected.append(
                 make_item(
                     spec,
                     _case_stem(a.rel),
@@ -242,37 +271,45 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
             continue
         for t in sorted(targets):
             attached[t].append(a)
+    return attached, rejected
 
-    for n, (kind, case_id, group) in enumerate(units):
-        files = [SourceFile("image", raw_path(spec, h.rel)) for h in group]
-        files += [SourceFile(a.kind, raw_path(spec, a.rel)) for a in attached.get(n, [])]
-        meta: dict[str, object] = {"kind": kind}
-        error = None
-        burned = [h for h in group if h.burned_in]
-        if burned:  # PS3.15 Annex E: pixels with burned-in text may identify the patient; never published
-            error = (
-                "burned_in_annotation",
-                f"{raw_path(spec, burned[0].rel)}: BurnedInAnnotation is YES ({len(burned)} of {len(group)} "
-                "files): text in the pixels may identify the patient",
-            )
-        elif kind == "series" and opts.masks:
-            found = _series_mask_files(spec, root, opts, group)
-            if found is not None:
-                entry, mask_files, error = found
-                files += [SourceFile("mask", raw_path(spec, m)) for m in mask_files]
-                meta["masks"] = entry
-        items.append(
-            make_item(
-                spec,
-                case_id,
-                files,
-                fields=_fields(group[0]),
-                study_id=group[0].study_uid or None,
-                meta=meta,
-                error=error,
-            )
+
+def _unit_item(
+    spec: DatasetSpec,
+    root: Path,
+    opts: DicomOptions,
+    kind: str,
+    case_id: str,
+    group: list[_Header],
+    annotations: list[_Header],
+) -> SourceItem:
+    """The item of one unit: its image files, its annotation files (attached, or per-slice mask files)."""
+    files = [SourceFile("image", raw_path(spec, h.rel)) for h in group]
+    files += [SourceFile(a.kind, raw_path(spec, a.rel)) for a in annotations]
+    meta: dict[str, object] = {"kind": kind}
+    error = None
+    burned = [h for h in group if h.burned_in]
+    if burned:  # PS3.15 Annex E: pixels with burned-in text may identify the patient; never published
+        error = (
+            "burned_in_annotation",
+            f"{raw_path(spec, burned[0].rel)}: BurnedInAnnotation is YES ({len(burned)} of {len(group)} "
+            "files): text in the pixels may identify the patient",
         )
-    yield from sorted_items(items)
+    elif kind == "series" and opts.masks:
+        found = _series_mask_files(spec, root, opts, group)
+        if found is not None:
+            entry, mask_files, error = found
+            files += [SourceFile("mask", raw_path(spec, m)) for m in mask_files]
+            meta["masks"] = entry
+    return make_item(
+        spec,
+        case_id,
+        files,
+        fields=_fields(group[0]),
+        study_id=group[0].study_uid or None,
+        meta=meta,
+        error=error,
+    )
 
 
 def natural_key(name: str) -> tuple:

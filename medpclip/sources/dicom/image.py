@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medpclip.frame import Intensity, ReadError
-from medpclip.sources.base import DEFAULT_MAX_PIXELS
+from medpclip.frame import ReadError
+from medpclip.sources.base import DEFAULT_MAX_PIXELS, LoadedImage
 from medpclip.sources.dicom.files import decode_pixels, read_dataset
 from medpclip.sources.dicom.geometry import pixel_spacing
 from medpclip.sources.dicom.intensity import frame_images
 
 
-@dataclass
-class DicomImage:
-    """One decoded 2D DICOM image, display-correct (MONOCHROME1 already turned around)."""
-
-    array: np.ndarray
-    intensity: Intensity
-    spacing_mm: tuple[float, float] | None
-
-
 def read_dicom_image(
     path: Path, rel: str, *, voi: bool = True, grey: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> DicomImage:
+) -> LoadedImage:
     """One single-frame DICOM file → display-correct 2D image with its intensity meaning and pixel spacing.
 
     CT → ``hu``; other grey images → ``uint8`` through the file's VOI LUT/window (``voi``) or when stored in 8
@@ -45,12 +35,4 @@ def read_dicom_image(
             array = np.asarray(Image.fromarray(array).convert("L"))
         else:
             array = array.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return DicomImage(np.ascontiguousarray(array), intensity, pixel_spacing(ds))
-
-
-def load_dicom_image(
-    path: Path, rel: str, *, voi: bool = True, grey: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> tuple[np.ndarray, Intensity]:
-    """``read_dicom_image`` without the spacing: the DICOM branch of ``_common.load_image``."""
-    img = read_dicom_image(path, rel, voi=voi, grey=grey, max_pixels=max_pixels)
-    return img.array, img.intensity
+    return LoadedImage(np.ascontiguousarray(array), intensity, pixel_spacing(ds))

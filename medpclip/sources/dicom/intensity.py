@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -129,10 +130,25 @@ def _colour(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, Intensity]:
         from pydicom.pixels import apply_color_lut
 
         arr = apply_color_lut(stored, ds)
+        # pydicom (3.0.x) reads plain (non-segmented) 16-bit LUT Data with the host's byte order, but OW bytes
+        # are in the file's: a big-endian file's LUT comes back byte-swapped (OBXXXX1A_expb's 0x0100..0xFF00
+        # entries as 0x0001..0x00FF, so `>> 8` gave black). Swap back to the values the file holds (segmented LUTs
+        # pydicom already reads in the file's order). tests/test_dicom_real_files.py catches a pydicom that fixes it.
+        little = ds.original_encoding[1]
+        if (
+            arr.dtype == np.uint16
+            and "RedPaletteColorLookupTableData" in ds
+            and little is not None
+            and little != (sys.byteorder == "little")
+        ):
+            arr = arr.byteswap()
     if arr.dtype == np.uint8:
         return arr, "uint8"
     if arr.dtype.kind == "u" and photometric == "PALETTE COLOR":
-        return (arr >> 8).astype(np.uint8), "uint8"
+        # The descriptor's third value is the bits per entry (PS3.3 C.7.6.3.1.5): 16 → keep the high byte; 8
+        # stored in 16-bit words (a known encoder quirk the standard notes) → the values already are 0-255.
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        return np.minimum(arr >> max(bits - 8, 0), 255).astype(np.uint8), "uint8"
     return arr, "raw"
 
 

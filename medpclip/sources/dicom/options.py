@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from medpclip.sources.base import Options, ReaderOptions, compile_regex
+from medpclip.sources.base import Globs, Options, ReaderOptions, compile_regex
 
 
 class SeriesMasks(Options):
@@ -38,7 +38,7 @@ class SeriesMasks(Options):
 
 
 class DicomOptions(ReaderOptions):
-    files: str | list[str] = "**/*"
+    files: Globs = "**/*"
     volume_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR", "PT"])
     voi: bool = True
     segment_label: Literal["label", "property"] = "label"

@@ -171,10 +171,12 @@ def volume_frames(
     *,
     points: tuple[StackPoint, ...] | list[StackPoint] = (),
     boxes: tuple[StackBox, ...] | list[StackBox] = (),
+    outlined: bool = False,
 ) -> Iterator[Frame]:
     """Frames of a series volume for the spec's planes, with the masks in ``channels`` and the points and boxes
     given on the stack. Points go to every plane (a point is a 3D position); boxes only to the acquisition
-    plane they were drawn on."""
+    plane they were drawn on. ``outlined``: the masks are outlines drawn slice by slice (LIDC), so frames of
+    the acquisition plane are ``Frame.outlined``; frames of other planes cut through them like any 3D mask."""
     stack, geo = vol.stack, vol.geo
     affine = geo.affine_ras()
     data, zooms = imaging.reorient_canonical(stack.transpose(2, 1, 0), affine)
@@ -212,7 +214,7 @@ def volume_frames(
             yield Frame(
                 item=item, image=img, intensity=vol.intensity, plane=plane, slice_index=index,
                 spacing_mm=spacing, masks=masks, mask_annotators=annotators if annotated else [],
-                modality=vol.modality,
+                outlined=outlined and plane == _PLANES_OF_AXIS[stack_axis], modality=vol.modality,
                 points=frame_points.get(index, []), boxes=frame_boxes.get(index, []),
             )  # fmt: skip
 

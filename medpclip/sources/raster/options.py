@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medpclip.sources.base import Options, ReaderOptions, compile_regex
+from medpclip.sources.base import Globs, Options, ReaderOptions, compile_regex
 
 FORMATTER = string.Formatter()
 BUILTIN_FIELDS = ("stem", "dir")
@@ -77,7 +77,7 @@ class NumberedGroups(Options):
 
 
 class RasterOptions(ReaderOptions):
-    images: str | list[str]
+    images: Globs
     exclude: list[str] = Field(default_factory=list)
     name_regex: str | None = None
     masks: list[str | MaskPattern] = Field(default_factory=list)
@@ -89,6 +89,7 @@ class RasterOptions(ReaderOptions):
     merge_masks: bool = False
     boxes_json: str | None = None
     grey: bool = False
+    dicom_voi: bool = True
     require_annotation: bool = True
     image_labels: list[ImageLabelRule] = Field(default_factory=list)
     normal_labels: list[str] = Field(default_factory=list)

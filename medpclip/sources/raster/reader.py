@@ -80,12 +80,12 @@ from medpclip.sources._common import (
     files_of,
     glob_files,
     is_junk,
-    load_image,
     load_mask,
     make_item,
     parse_options,
     raise_item_error,
     raw_path,
+    read_image,
     resolve_label,
     sorted_items,
 )
@@ -305,11 +305,19 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     opts = parse_options(spec, RasterOptions)
     meta = item.meta_dict()
     image_rel = file_of(item, "image")
-    image, intensity = load_image(
-        existing(raw_root, image_rel), image_rel, grey=opts.grey, max_pixels=opts.max_pixels
+    img = read_image(
+        existing(raw_root, image_rel),
+        image_rel,
+        grey=opts.grey,
+        dicom_voi=opts.dicom_voi,
+        max_pixels=opts.max_pixels,
     )
     frame = Frame(
-        item=item, image=image, intensity=intensity, image_labels=list(meta.get("image_labels", ()))
+        item=item,
+        image=img.array,
+        intensity=img.intensity,
+        spacing_mm=img.spacing_mm,
+        image_labels=list(meta.get("image_labels", ())),
     )
     mask_files = files_of(item, "mask")
     if mask_files:

@@ -67,17 +67,15 @@ from medpclip.sources._common import (
     file_of,
     files_of,
     glob_files,
-    load_image,
     make_item,
     parse_options,
     parse_xml,
     raise_item_error,
     raw_path,
+    read_image,
     sorted_items,
 )
-from medpclip.sources.reports.options import (
-    ReportOptions,
-)
+from medpclip.sources.reports.options import MimicReports, OpeniReports, ReportLayout
 from medpclip.specs import DatasetSpec
 
 _SPLIT_NAMES = {"train": "train", "validate": "val", "val": "val", "test": "test"}
@@ -86,8 +84,8 @@ _HEADER = re.compile(r"(?m)^[ \t]*([A-Z][A-Z0-9 ()/,&'-]*?)[ \t]*:")
 
 
 def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
-    opts = parse_options(spec, ReportOptions)
-    if opts.layout == "openi":
+    opts = parse_options(spec, ReportLayout)
+    if isinstance(opts, OpeniReports):
         yield from _discover_openi(spec, opts, root)
     else:
         yield from _discover_mimic(spec, opts, root)
@@ -95,21 +93,30 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
 
 def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
     raise_item_error(item)
-    opts = parse_options(spec, ReportOptions)
+    opts = parse_options(spec, ReportLayout)
     rel = file_of(item, "image")
-    image, intensity = load_image(existing(raw_root, rel), rel, grey=opts.grey, max_pixels=opts.max_pixels)
+    img = read_image(
+        existing(raw_root, rel), rel, grey=opts.grey, dicom_voi=opts.dicom_voi, max_pixels=opts.max_pixels
+    )
     report_rel = files_of(item, "report")
     text, labels = None, []
     if report_rel:
         path = existing(raw_root, report_rel[0])
-        if opts.layout == "openi":
+        if isinstance(opts, OpeniReports):
             xml = parse_xml(path, report_rel[0])
             text = keep_sections(openi_sections(xml), opts.sections)
             if opts.mesh_labels:
                 labels = mesh_labels(spec, xml, opts.normal_labels)
         else:
             text = mimic_report_text(_read_text(path, report_rel[0]), opts.sections, opts.fallback)
-    yield Frame(item=item, image=image, intensity=intensity, report=text, image_labels=labels)
+    yield Frame(
+        item=item,
+        image=img.array,
+        intensity=img.intensity,
+        spacing_mm=img.spacing_mm,
+        report=text,
+        image_labels=labels,
+    )
 
 
 # --- report text -------------------------------------------------------------------------------------------
@@ -189,7 +196,7 @@ def _read_text(path: Path, rel: str) -> str:
 # --- OpenI -------------------------------------------------------------------------------------------------
 
 
-def _discover_openi(spec: DatasetSpec, opts: ReportOptions, root: Path) -> Iterator[SourceItem]:
+def _discover_openi(spec: DatasetSpec, opts: OpeniReports, root: Path) -> Iterator[SourceItem]:
     on_disk: dict[str, Path] = {}
     for p in glob_files(root, opts.images):
         on_disk.setdefault(p.stem, p)
@@ -252,7 +259,7 @@ def _first(v: str | list[str]) -> str:
 # --- MIMIC-CXR ---------------------------------------------------------------------------------------------
 
 
-def _discover_mimic(spec: DatasetSpec, opts: ReportOptions, root: Path) -> Iterator[SourceItem]:
+def _discover_mimic(spec: DatasetSpec, opts: MimicReports, root: Path) -> Iterator[SourceItem]:
     by_dicom, by_subject = _mimic_splits(spec, opts, root)
     items = []
     for path in glob_files(root, opts.images):
@@ -280,7 +287,7 @@ def _discover_mimic(spec: DatasetSpec, opts: ReportOptions, root: Path) -> Itera
 
 
 def _mimic_splits(
-    spec: DatasetSpec, opts: ReportOptions, root: Path
+    spec: DatasetSpec, opts: MimicReports, root: Path
 ) -> tuple[dict[str, str], dict[str, set[str]]]:
     names = [opts.split_table] if isinstance(opts.split_table, str) else list(opts.split_table)
     name = next((n for n in names if (root / n).is_file()), None)

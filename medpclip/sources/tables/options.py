@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from medpclip.sources.base import Options, ReaderOptions
+from medpclip.sources.base import Globs, Options, ReaderOptions
 from medpclip.vocab import SPLITS
 
 BOX_ROLES = {"xywh": ("x", "y", "w", "h"), "xyxy": ("x0", "y0", "x1", "y1")}
@@ -91,7 +91,7 @@ class CocoTable(Options):
 
 
 class TableOptions(ReaderOptions):
-    images: str | list[str]
+    images: Globs
     match: Literal["name", "stem", "path"] = "name"
     image_root: str = ""
     image_table: ImageTable | list[ImageTable] | None = None

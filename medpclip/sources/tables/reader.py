@@ -71,8 +71,14 @@ stripping spaces (SIIM's header is ``ImageId, EncodedPixels``: the column is ``'
   never written anywhere: only the patient id rule sees them.
 - ``study_field`` — the field (table column or DICOM keyword) that holds the study id.
 
-Which images are items: every image a table names, found on disk or not (a missing one is rejected at read,
-``missing_file``), and every image on disk. An image on disk that the dataset's index table does not name —
+Which images are items: every image on disk (the images a table names, and the others). A table row that
+names an image NOT on disk (a partial download: ChestX-ray14 with one of its 12 archives unpacked) makes no
+item, so units hold the images present: the absent rows are counted per table file, and each table with some
+is ONE plan-stage reject row, ``missing_files``: ``Data_Entry_2017.csv: 111,120 of 112,120 rows name an image
+that is not on disk (first: 00000001_000.png, …)`` (whatever else such a row says is moot), with a line for the
+build summary, ``Data_Entry_2017.csv: 1,000 of 112,120 rows have their image``. ``discover`` yields the items
+and RETURNS these as its generator's value, a list of ``frame.DiscoveryNote`` (``corpus.plan`` reads it;
+``list(discover(…))`` just drops it). An image on disk that the dataset's index table does not name —
 the image table when there is one, else the RLE and box tables — is ``no_table_row``: a table that lists
 negatives explicitly (SIIM ``-1``, RSNA ``Target`` 0, VinDr ``No finding``) does not make an unlisted image a
 negative.
@@ -84,24 +90,23 @@ import csv
 import io
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
 
-from medpclip.frame import Box, Frame, ReadError, SourceFile, SourceItem
+from medpclip.frame import Box, DiscoveryNote, Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources import dicom
 from medpclip.sources._common import (
     existing,
     file_of,
     glob_files,
-    literal_dir,
-    load_image,
     make_item,
     parse_options,
     raise_item_error,
     raw_path,
+    read_image,
     read_utf8,
     resolve_label,
     sorted_items,
@@ -131,9 +136,15 @@ class _Found:
         self.splits: dict[str, str] = {}
         self.indexed: set[str] = set()  # named by the index table(s)
         self.named: set[str] = set()  # named by any table
+        self.rows_of: dict[str, dict[str, int]] = {}  # table file → image → rows naming it, in table order
 
     def error(self, name: str, reason: str, detail: str) -> None:
         self.errors.setdefault(name, (reason, detail))
+
+    def row(self, source: str, name: str) -> None:
+        """One row (entry) of table ``source`` names image ``name``: counted for the absent-image summary."""
+        counts = self.rows_of.setdefault(source, {})
+        counts[name] = counts.get(name, 0) + 1
 
     def listed(self, name: str, index: bool, split: str | None, source: str) -> None:
         """``name`` has a row in table ``source`` (an index table if ``index``), whose rows are in ``split``."""
@@ -155,7 +166,7 @@ class _Found:
         self.meta[name]["image_labels"] = tuple(current + [t for t in labels if t not in current])
 
 
-def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
+def discover(spec: DatasetSpec, root: Path) -> Generator[SourceItem, None, list[DiscoveryNote]]:
     opts = parse_options(spec, TableOptions)
     key_of = (lambda p: p.stem) if opts.match == "stem" else (lambda p: p.name)
     if opts.match == "path":
@@ -189,28 +200,17 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
         )
     _split_lists(root, opts.split_lists, found)
 
-    names = found.named | set(on_disk)
-    fallback_dir = literal_dir(opts.first_glob())
-    if opts.match == "path":
-        fallback_dir = PurePosixPath(opts.image_root)
-    suffix = PurePosixPath(opts.first_glob()).suffix if opts.match == "stem" else ""
     study_column = next((t.study_column for t in image_tables if t.study_column), None)
     items = []
-    for name in names:
-        path = (
-            on_disk[name].relative_to(root).as_posix()
-            if name in on_disk
-            else (fallback_dir / (name + suffix)).as_posix()
-        )
+    for name in on_disk:  # a name a table lists and the folder lacks is in the table's summary instead
+        path = on_disk[name].relative_to(root).as_posix()
         row = dict(found.rows.get(name) or {})
         error = found.errors.get(name)
         index_tables = image_tables or rle_tables or box_tables or coco_tables
-        if name in on_disk and name not in found.indexed and index_tables:
+        if name not in found.indexed and index_tables:
             index = ", ".join(_names(index_tables[0].file))
             error = error or ("no_table_row", f"{name} has no row in {index}")
-        if name not in on_disk:  # named by a table, absent from the folder
-            error = error or ("missing_file", raw_path(spec, path))
-        if opts.dicom_fields and name in on_disk and error is None:
+        if opts.dicom_fields and error is None:
             try:
                 row.update(dicom.read_header_fields(on_disk[name], raw_path(spec, path), opts.dicom_fields))
             except ReadError as e:
@@ -233,6 +233,34 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
             )
         )
     yield from sorted_items(items)
+    return _absent_rows(spec, found, on_disk)
+
+
+# Absent images the summary row names before its "…": enough to recognise which part of a download is missing.
+_FIRST_ABSENT = 5
+
+
+def _absent_rows(spec: DatasetSpec, found: _Found, on_disk: dict[str, Path]) -> list[DiscoveryNote]:
+    """Per table file with rows naming images not on disk: one plan-stage reject and one summary line."""
+    notes = []
+    for table, counts in found.rows_of.items():
+        total = sum(counts.values())
+        absent_names = [name for name in counts if name not in on_disk]
+        if not absent_names:
+            continue
+        absent = sum(counts[name] for name in absent_names)
+        first = ", ".join(absent_names[:_FIRST_ABSENT])
+        listing = f"first: {first}, …" if len(absent_names) > _FIRST_ABSENT else first
+        rows = "entries of its images list" if table.lower().endswith(".json") else "rows"  # COCO: no rows
+        notes.append(
+            DiscoveryNote(
+                reason="missing_files",
+                detail=f"{table}: {absent:,} of {total:,} {rows} name an image that is not on disk ({listing})",
+                path=raw_path(spec, table),
+                summary=f"{table}: {total - absent:,} of {total:,} {rows} have their image",
+            )
+        )
+    return notes
 
 
 def _case_id(name: str, match: str) -> str:
@@ -304,6 +332,7 @@ def _image_rows(spec: DatasetSpec, root: Path, table: ImageTable, found: _Found,
         image = row.get(table.image_column.strip(), "")
         if not image:
             continue
+        found.row(name, image)
         seen = by_image[image]
         if row in seen:
             continue  # an exact repeat (RSNA's class table repeats a row per box)
@@ -365,6 +394,7 @@ def _box_rows(root: Path, table: BoxTable, found: _Found, index: bool) -> None:
         image = get("image")
         if not image:
             continue
+        found.row(name, image)
         found.listed(image, index, table.split, name)
         label = get("label") if "label" in position else table.label
         annotator = (get("annotator") or None) if "annotator" in position else None
@@ -413,6 +443,7 @@ def _rle_rows(root: Path, table: RleTable, found: _Found, index: bool) -> None:
         image = cells[i_image] if i_image < len(cells) else ""
         if not image:
             continue
+        found.row(name, image)
         found.listed(image, index, table.split, name)
         value = cells[i_rle] if i_rle < len(cells) else ""
         rles.setdefault(image, [])
@@ -448,6 +479,7 @@ def _coco_rows(root: Path, table: CocoTable, found: _Found, match: str, index: b
         for img in data["images"]:
             key = _coco_key(str(img["file_name"]), match)
             images[img["id"]] = key
+            found.row(name, key)
             found.listed(key, index, table.split, name)
             meta = found.meta[key]
             meta.setdefault("coco", ())
@@ -534,14 +566,8 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     opts = parse_options(spec, TableOptions)
     rel = file_of(item, "image")
     path = existing(raw_root, rel)
-    spacing = None
-    if dicom.is_dicom_path(path):
-        img = dicom.read_dicom_image(
-            path, rel, voi=opts.dicom_voi, grey=opts.grey, max_pixels=opts.max_pixels
-        )
-        image, intensity, spacing = img.array, img.intensity, img.spacing_mm
-    else:
-        image, intensity = load_image(path, rel, grey=opts.grey, max_pixels=opts.max_pixels)
+    img = read_image(path, rel, grey=opts.grey, dicom_voi=opts.dicom_voi, max_pixels=opts.max_pixels)
+    image = img.array
     meta = item.meta_dict()
     boxes = [
         Box(resolve_label(spec, b[0]).label, (b[1], b[2], b[3], b[4]), b[5] if len(b) > 5 else None)
@@ -562,10 +588,12 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     yield Frame(
         item=item,
         image=image,
-        intensity=intensity,
-        spacing_mm=spacing,
+        intensity=img.intensity,
+        spacing_mm=img.spacing_mm,
         boxes=boxes,
         masks=masks,
+        # COCO polygons and crowd RLEs are drawn on this image; an RLE table's mask (SIIM) keeps the area rule
+        outlined="coco" in meta and not meta.get("rle"),
         image_labels=_image_labels(spec, meta.get("image_labels", ()), meta.get("normal_labels", ())),
         report=meta.get("report"),
     )

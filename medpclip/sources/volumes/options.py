@@ -7,11 +7,11 @@ this module imports no reader and not ``medpclip.specs``.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from medpclip.sources.base import Options, ReaderOptions, compile_regex
+from medpclip.sources.base import Glob, Options, ReaderOptions, compile_regex, layout_union, regex_with
 from medpclip.vocab import Modality, Split
 
 PLACEHOLDER_RE = re.compile(r"\{([a-z]+)\}")
@@ -53,64 +53,100 @@ class TableOptions(Options):
     split_column: str | None = None
 
 
-class VolumeOptions(ReaderOptions):
-    layout: Literal["msd", "pairs", "cases"] = "pairs"
-    index: str = "dataset.json"
-    lists: dict[str, Split | None] = Field(default_factory=lambda: {"training": None})
-    images: str | None = None
-    cases: str | None = None
-    image: str | None = None
-    labels: str | None = None
-    masks: str | None = None
-    missing_masks: Literal["reject", "empty"] = "reject"
-    case_regex: str | None = None
+CaseRegex = regex_with("case")
+StudyRegex = regex_with("study")
+
+
+class VolumeLayout(ReaderOptions):
+    """Options every volumes layout takes. Subclasses name the placeholders each file pattern may use
+    (``PLACEHOLDERS``); a pattern using another one is refused when the spec loads."""
+
+    PLACEHOLDERS: ClassVar[dict[str, set[str]]] = {"info": {"case", "dir"}}
+
+    case_regex: CaseRegex | None = None
     sequence: str | None = None
     channel: int | str | None = None
-    study_regex: str | None = None
+    study_regex: StudyRegex | None = None
     split_by_path: dict[str, Split] = Field(default_factory=dict)
     table: TableOptions | None = None
     info: str | None = None
     modality_by_id: ModalityById | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> VolumeOptions:
-        if self.layout == "msd":
-            given = [k for k in ("images", "cases", "image", "labels", "masks") if getattr(self, k)]
-            if given:
-                raise ValueError(f"layout 'msd' takes its cases from '{self.index}'; drop {', '.join(given)}")
-            if not self.lists:
-                raise ValueError("layout 'msd' needs at least one list in 'lists'")
-        else:
-            if self.layout == "pairs" and self.images is None:
-                raise ValueError("layout 'pairs' needs 'images' (a glob)")
-            if self.layout == "cases" and (self.cases is None or self.image is None):
-                raise ValueError("layout 'cases' needs 'cases' (a glob of folders) and 'image' (a pattern)")
-            if (self.labels is None) == (self.masks is None):
-                raise ValueError(f"layout '{self.layout}' needs exactly one of 'labels' and 'masks'")
-            if self.masks is not None and "{label}" not in self.masks:
-                raise ValueError("'masks' needs the placeholder {label}")
-        if isinstance(self.channel, str) and self.layout != "msd":
-            raise ValueError("a channel name needs layout 'msd' (names come from the index); give an index")
+    def _check_patterns(self) -> VolumeLayout:
         if isinstance(self.channel, int) and self.channel < 0:
             raise ValueError("channel must be >= 0")
-        allowed = {
-            "images": {"sequence"},
-            "cases": set(),
-            "image": {"case", "dir", "sequence"},
-            "labels": {"case", "dir", "sequence"} | ({"stem"} if self.layout == "pairs" else set()),
-            "masks": {"case", "dir", "sequence", "label"} | ({"stem"} if self.layout == "pairs" else set()),
-            "info": {"case", "dir"} | ({"stem"} if self.layout == "pairs" else set()),
-        }
-        for name, ok in allowed.items():
-            pattern = getattr(self, name)
-            used = set(PLACEHOLDER_RE.findall(pattern or ""))
+        for name, ok in self.PLACEHOLDERS.items():
+            used = set(PLACEHOLDER_RE.findall(getattr(self, name) or ""))
             if used - ok:
                 bad = ", ".join("{" + u + "}" for u in sorted(used - ok))
                 raise ValueError(f"'{name}' cannot use {bad} here (allowed: {sorted(ok) or 'none'})")
             if "sequence" in used and not self.sequence:
                 raise ValueError(f"'{name}' uses {{sequence}}: set option 'sequence' (e.g. flair)")
-        for name, group in (("case_regex", "case"), ("study_regex", "study")):
-            pattern = getattr(self, name)
-            if pattern is not None and group not in compile_regex(pattern).groupindex:
-                raise ValueError(f"{name} needs a named group (?P<{group}>...)")
         return self
+
+
+class MsdVolumes(VolumeLayout):
+    """``layout: msd``: cases from the lists of the index (``dataset.json``), labels named by it."""
+
+    layout: Literal["msd"]
+    index: str = "dataset.json"
+    lists: dict[str, Split | None] = Field(default_factory=lambda: {"training": None}, min_length=1)
+
+
+class _FileVolumes(VolumeLayout):
+    """A layout whose annotations are found by pattern: one label volume (``labels``) or one mask per spec
+    label (``masks``, with ``{label}``)."""
+
+    labels: str | None = None
+    masks: str | None = None
+    # a mask file a case lacks (a partial download, an older release): build the case with the masks it has
+    # and write a reject row per absent file (skip), refuse the case (reject), or take it as an absent
+    # structure without a row (empty: publishers that write no file for what a case lacks)
+    missing_masks: Literal["skip", "reject", "empty"] = "skip"
+
+    @model_validator(mode="after")
+    def _check_annotations(self) -> _FileVolumes:
+        layout = getattr(self, "layout", "?")
+        if (self.labels is None) == (self.masks is None):
+            raise ValueError(f"layout '{layout}' needs exactly one of 'labels' and 'masks'")
+        if self.masks is not None and "{label}" not in self.masks:
+            raise ValueError("'masks' needs the placeholder {label}")
+        if isinstance(self.channel, str):
+            raise ValueError("a channel name needs layout 'msd' (names come from the index); give an index")
+        return self
+
+
+class PairVolumes(_FileVolumes):
+    """``layout: pairs`` (the default): one case per image file (``images``, a glob), its annotation beside."""
+
+    PLACEHOLDERS: ClassVar[dict[str, set[str]]] = {
+        "images": {"sequence"},
+        "labels": {"case", "dir", "sequence", "stem"},
+        "masks": {"case", "dir", "sequence", "label", "stem"},
+        "info": {"case", "dir", "stem"},
+    }
+
+    layout: Literal["pairs"] = "pairs"
+    images: Glob
+
+
+class CaseVolumes(_FileVolumes):
+    """``layout: cases``: one case per folder (``cases``, a glob of folders), its image by pattern."""
+
+    PLACEHOLDERS: ClassVar[dict[str, set[str]]] = {
+        "cases": set(),
+        "image": {"case", "dir", "sequence"},
+        "labels": {"case", "dir", "sequence"},
+        "masks": {"case", "dir", "sequence", "label"},
+        "info": {"case", "dir"},
+    }
+
+    layout: Literal["cases"]
+    cases: Glob
+    image: str
+
+
+# One model per layout, chosen by ``layout`` (``pairs`` when it is left out), so a field of another layout
+# is refused by name (``format.options.images``) instead of being sorted out by one long validator.
+VolumeOptions = layout_union({"msd": MsdVolumes, "pairs": PairVolumes, "cases": CaseVolumes}, default="pairs")

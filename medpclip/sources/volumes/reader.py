@@ -27,8 +27,11 @@ Annotations:
   label (else ``bad_label_value``); float-stored labels are rounded; ``(x, y, z, 1)`` shapes are 3D.
 - ``masks`` — one binary volume per spec label (TotalSegmentator ``segmentations/<structure>.nii.gz``),
   binarised at 0.5 and kept as separate named masks, so overlapping structures both survive. An all-zero
-  mask is an absent structure (no region). A missing mask file rejects the case (``missing_masks: reject``,
-  the default: the structure may be in the image unlabelled) or counts as absent (``missing_masks: empty``).
+  mask is an absent structure (no region). A missing mask file (a partial download, an older release) is by
+  default left out: the case is built with the masks it has and each absent file is one plan-stage
+  ``missing_file`` row, naming the case (``missing_masks: skip``; ``discover`` returns them as
+  ``frame.DiscoveryNote``). ``missing_masks: reject`` refuses such a case whole (``missing_file``, read);
+  ``empty`` takes the missing file for an absent structure, without a row.
 
 More options:
 
@@ -58,14 +61,14 @@ import io
 import json
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import nibabel as nib
 import numpy as np
 
-from medpclip.frame import Frame, ReadError, SourceFile, SourceItem
+from medpclip.frame import DiscoveryNote, Frame, ReadError, SourceFile, SourceItem
 from medpclip.imaging import display_slice, iter_slices, reorient_canonical
 from medpclip.sources._common import (
     check_pixels,
@@ -84,8 +87,11 @@ from medpclip.sources._common import (
 )
 from medpclip.sources.volumes.options import (
     PLACEHOLDER_RE,
+    CaseVolumes,
+    MsdVolumes,
+    PairVolumes,
     TableOptions,
-    VolumeOptions,
+    VolumeLayout,
 )
 from medpclip.specs import DatasetSpec
 
@@ -126,16 +132,20 @@ class _Case:
     meta: dict[str, object] = field(default_factory=dict)
     fields: dict[str, object] = field(default_factory=dict)
     error: tuple[str, str] | None = None
+    absent: list[str] = field(
+        default_factory=list
+    )  # mask files the case is built without (missing_masks: skip)
 
 
-def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
-    opts = parse_options(spec, VolumeOptions)
+def discover(spec: DatasetSpec, root: Path) -> Generator[SourceItem, None, list[DiscoveryNote]]:
+    opts = parse_options(spec, VolumeLayout)
     _check_intensity(spec, opts)
-    if opts.layout == "msd":
+    if isinstance(opts, MsdVolumes):
         cases = _msd_cases(spec, root, opts)
-    elif opts.layout == "pairs":
+    elif isinstance(opts, PairVolumes):
         cases = _pair_cases(spec, root, opts)
     else:
+        assert isinstance(opts, CaseVolumes)
         cases = _folder_cases(spec, root, opts)
     for c in cases:
         for prefix, split in opts.split_by_path.items():
@@ -181,9 +191,20 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
             )
         )
     yield from sorted_items(items)
+    return [
+        DiscoveryNote(
+            "missing_file",
+            f"case '{c.case}': {raw_path(spec, rel)} is absent; the case is built with its other "
+            f"{len(c.meta.get('structures', ()))} masks (format.options.missing_masks: reject refuses it)",
+            raw_path(spec, rel),
+        )
+        for c in sorted(cases, key=lambda c: c.case)
+        if c.error is None
+        for rel in c.absent
+    ]
 
 
-def _check_intensity(spec: DatasetSpec, opts: VolumeOptions) -> None:
+def _check_intensity(spec: DatasetSpec, opts: VolumeLayout) -> None:
     modalities = {spec.modality}
     if opts.modality_by_id is not None:
         modalities = {r.modality for r in opts.modality_by_id.ranges}
@@ -196,7 +217,7 @@ def _check_intensity(spec: DatasetSpec, opts: VolumeOptions) -> None:
 # --- msd: cases from index lists ---
 
 
-def _msd_cases(spec: DatasetSpec, root: Path, opts: VolumeOptions) -> list[_Case]:
+def _msd_cases(spec: DatasetSpec, root: Path, opts: MsdVolumes) -> list[_Case]:
     index = _read_index(root, opts.index)
     meta: dict[str, object] = {}
     if isinstance(opts.channel, str):
@@ -272,10 +293,7 @@ def _channel_by_name(index: dict, name: str, index_name: str) -> int:
 # --- pairs: one case per image file ---
 
 
-def _pair_cases(spec: DatasetSpec, root: Path, opts: VolumeOptions) -> list[_Case]:
-    assert opts.images is not None
-    annotation = opts.labels or opts.masks
-    assert annotation is not None
+def _pair_cases(spec: DatasetSpec, root: Path, opts: PairVolumes) -> list[_Case]:
     label_files: set[str] = set()
     if opts.labels is not None:
         label_glob = _to_glob(_fill(opts.labels, sequence=opts.sequence))
@@ -291,8 +309,8 @@ def _pair_cases(spec: DatasetSpec, root: Path, opts: VolumeOptions) -> list[_Cas
         if case is None:
             continue  # not an image of this layout (e.g. a second channel file `_0001`)
         folder = PurePosixPath(rel).parent.as_posix()
-        files, meta = _annotations(spec, root, opts, case=case, dir=folder, stem=stem)
-        out.append(_Case(case, [("image", rel), *files], dir=folder, stem=stem, meta=meta))
+        files, meta, absent = _annotations(spec, root, opts, case=case, dir=folder, stem=stem)
+        out.append(_Case(case, [("image", rel), *files], dir=folder, stem=stem, meta=meta, absent=absent))
         used.update(p for _, p in files)
     if opts.labels is not None:
         out.extend(_orphan_labels(opts, sorted(label_files - used), {c.case for c in out}))
@@ -306,7 +324,7 @@ def _case_of(stem: str, case_regex: str | None) -> str | None:
     return m.group("case") if m else None
 
 
-def _orphan_labels(opts: VolumeOptions, paths: list[str], known: set[str]) -> list[_Case]:
+def _orphan_labels(opts: PairVolumes, paths: list[str], known: set[str]) -> list[_Case]:
     """Label files no image claimed: each becomes a case rejected for its missing image."""
     assert opts.labels is not None
     regex = _to_regex(_fill(opts.labels, sequence=opts.sequence))
@@ -328,8 +346,7 @@ def _orphan_labels(opts: VolumeOptions, paths: list[str], known: set[str]) -> li
 # --- cases: one case per folder ---
 
 
-def _folder_cases(spec: DatasetSpec, root: Path, opts: VolumeOptions) -> list[_Case]:
-    assert opts.cases is not None and opts.image is not None
+def _folder_cases(spec: DatasetSpec, root: Path, opts: CaseVolumes) -> list[_Case]:
     folders = sorted(p for p in root.glob(opts.cases) if p.is_dir() and not is_junk(p.relative_to(root)))
     out = []
     for folder in folders:
@@ -338,32 +355,35 @@ def _folder_cases(spec: DatasetSpec, root: Path, opts: VolumeOptions) -> list[_C
             continue
         rel = folder.relative_to(root).as_posix()
         image = _resolve(root, _fill(opts.image, case=case, dir=rel, sequence=opts.sequence))
-        files, meta = _annotations(spec, root, opts, case=case, dir=rel)
-        out.append(_Case(case, [("image", image), *files], dir=rel, meta=meta))
+        files, meta, absent = _annotations(spec, root, opts, case=case, dir=rel)
+        out.append(_Case(case, [("image", image), *files], dir=rel, meta=meta, absent=absent))
     return out
 
 
 def _annotations(
-    spec: DatasetSpec, root: Path, opts: VolumeOptions, **values: str
-) -> tuple[list[tuple[str, str]], dict[str, object]]:
-    """The annotation files of one case (label volume, or one mask per spec label) and their meta."""
+    spec: DatasetSpec, root: Path, opts: PairVolumes | CaseVolumes, **values: str
+) -> tuple[list[tuple[str, str]], dict[str, object], list[str]]:
+    """The annotation files of one case (label volume, or one mask per spec label), their meta, and the mask
+    files absent that the case is built without (``missing_masks: skip``)."""
     if opts.labels is not None:
-        return [("label", _resolve(root, _fill(opts.labels, sequence=opts.sequence, **values)))], {}
+        return [("label", _resolve(root, _fill(opts.labels, sequence=opts.sequence, **values)))], {}, []
     assert opts.masks is not None
-    files, structures = [], []
+    files, structures, absent = [], [], []
     for entry in spec.labels:
         rel = _resolve(root, _fill(opts.masks, sequence=opts.sequence, label=entry.label, **values))
-        if opts.missing_masks == "empty" and not (root / rel).is_file():
+        if opts.missing_masks != "reject" and not (root / rel).is_file():
+            if opts.missing_masks == "skip":
+                absent.append(rel)
             continue
         files.append(("mask", rel))
         structures.append(entry.label)
-    return files, {"structures": tuple(structures)}
+    return files, {"structures": tuple(structures)}, absent
 
 
 # --- tables and info files ---
 
 
-def _apply_table(spec: DatasetSpec, root: Path, opts: VolumeOptions, cases: list[_Case]) -> list[_Case]:
+def _apply_table(spec: DatasetSpec, root: Path, opts: VolumeLayout, cases: list[_Case]) -> list[_Case]:
     table = opts.table
     assert table is not None
     rows = _read_table(root, table)
@@ -474,7 +494,7 @@ def _resolve(root: Path, rel: str) -> str:
 
 def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]:
     raise_item_error(item)
-    opts = parse_options(spec, VolumeOptions)
+    opts = parse_options(spec, VolumeLayout)
     meta = item.meta_dict()
     modality = str(meta.get("modality") or spec.modality)
     intensity = "hu" if modality == "CT" else "raw"
@@ -497,7 +517,7 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
             **ann,
         )
 
-    if opts.masks is not None:
+    if isinstance(opts, PairVolumes | CaseVolumes) and opts.masks is not None:
         structures = [str(s) for s in meta.get("structures", ())]
         paths = files_of(item, "mask")
         if len(structures) != len(paths):
