@@ -473,26 +473,127 @@ def link(
 # --- specs, demo data -------------------------------------------------------------------------------------
 
 
-@specs_app.command("list")
-def specs_list() -> None:
-    """The specs in dataset_specs/."""
+AccessOption = Annotated[
+    str | None,
+    typer.Option(
+        "--access", help="only these access levels, comma-separated: open, registration, credentialed"
+    ),
+]
+LicenceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--licence", help="only specs whose licence contains one of these, comma-separated (e.g. CC-BY,CC0)"
+    ),
+]
+
+
+def _selected_specs(access: str | None, licence: str | None) -> tuple[list, list[tuple[str, str]]]:
+    """The shipped specs that pass the access and licence filters, and (name, error) of the invalid ones."""
     from medpclip.specs import SpecError, available_specs, resolve_spec
 
-    table = Table()
-    names = available_specs()
-    # Names are what users copy into --spec: never wrapped or cut; the title gives way on narrow terminals.
-    table.add_column("name", no_wrap=True, min_width=max(map(len, names), default=4))
-    for c in ("format", "modality", "access", "licence", "labels"):
-        table.add_column(c)
-    table.add_column("title", overflow="ellipsis", no_wrap=True)
-    for name in names:
+    levels = {a.strip() for a in (access or "").split(",") if a.strip()}
+    known = {"open", "registration", "credentialed"}
+    if levels - known:
+        _fail(f"--access takes {', '.join(sorted(known))}; got {', '.join(sorted(levels - known))}")
+    wanted = [w.strip().lower() for w in (licence or "").split(",") if w.strip()]
+    specs, invalid = [], []
+    for name in available_specs():
         try:
             s = resolve_spec(name)
         except SpecError as e:
-            table.add_row(name, "[red]invalid[/red]", "", "", "", "", str(e))
+            invalid.append((name, str(e)))
             continue
+        if levels and s.access not in levels:
+            continue
+        if wanted and not any(w in s.licence.lower() for w in wanted):
+            continue
+        specs.append(s)
+    return specs, invalid
+
+
+@specs_app.command("list")
+def specs_list(
+    access: AccessOption = None,
+    licence: LicenceOption = None,
+    names: Annotated[
+        bool, typer.Option("--names", help="print the names comma-separated, for `build --spec`")
+    ] = False,
+) -> None:
+    """The specs in dataset_specs/, optionally only those a user may download (--access) or redistribute
+    (--licence)."""
+    specs, invalid = _selected_specs(access, licence)
+    if names:
+        sys.stdout.write(",".join(s.name for s in specs) + "\n")
+        return
+    table = Table()
+    width = max((len(s.name) for s in specs), default=4)
+    # Names are what users copy into --spec: never wrapped or cut; the title gives way on narrow terminals.
+    table.add_column("name", no_wrap=True, min_width=width)
+    for c in ("format", "modality", "access", "licence", "labels"):
+        table.add_column(c)
+    table.add_column("title", overflow="ellipsis", no_wrap=True)
+    for s in specs:
         table.add_row(s.name, s.format.family, s.modality, s.access, s.licence, str(len(s.labels)), s.title)
+    for name, error in invalid:
+        table.add_row(name, "[red]invalid[/red]", "", "", "", "", error)
     console.print(table)
+
+
+@specs_app.command("census")
+def specs_census(
+    access: AccessOption = None,
+    licence: LicenceOption = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """Samples and regions a full download of each spec's dataset gives under the spec's own rules,
+    projected from the publishers' counts (spec `stats`), per spec and in total, with the modality mix."""
+    from medpclip.census import CensusError, census
+
+    if fmt not in ("table", "csv", "json"):
+        _fail(f"--format must be table, csv or json, not '{fmt}'")
+    specs, invalid = _selected_specs(access, licence)
+    for _name, error in invalid:
+        err.print(f"invalid {error}", highlight=False, soft_wrap=True)
+    try:
+        result = census(specs)
+    except CensusError as e:
+        _fail(str(e))
+    rows = [p.row() for p in result.projections]
+    if fmt == "json":
+        total = {"datasets": len(rows), "samples": result.samples, "regions": result.regions}
+        doc = {"datasets": rows, "total": total, "by_modality": result.by_modality()}
+        sys.stdout.write(json.dumps(doc | {"without_stats": result.without_stats}, indent=1) + "\n")
+        return
+    if fmt == "csv":
+        import csv
+
+        columns = ["dataset", "modality", "access", "licence", "frames", "samples", "regions", "estimated"]
+        writer = csv.DictWriter(sys.stdout, columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    table = Table()
+    for c in ("dataset", "modality", "access", "samples", "regions", "estimated"):
+        table.add_column(c, justify="right" if c in ("samples", "regions") else "left")
+    for r in rows:
+        table.add_row(
+            str(r["dataset"]), str(r["modality"]), str(r["access"]), f"{r['samples']:,}", f"{r['regions']:,}",
+            str(r["estimated"]) or "—",
+        )  # fmt: skip
+    table.add_row(
+        f"total ({len(rows)} datasets)",
+        "",
+        "",
+        f"{result.samples:,}",
+        f"{result.regions:,}",
+        "",
+        style="bold",
+    )
+    console.print(table)
+    mix = ", ".join(f"{m} {n:,}" for m, n in result.by_modality().items())
+    console.print(f"samples by modality: {mix}", highlight=False, soft_wrap=True)
+    if result.without_stats:
+        console.print(f"no stats yet: {', '.join(result.without_stats)}", highlight=False, soft_wrap=True)
 
 
 @specs_app.command("show")

@@ -193,6 +193,56 @@ class RegionFilterSpec(_Strict):
     min_drawn_pixels: int = Field(default=1, ge=1)
 
 
+class DatasetStats(_Strict):
+    """What the publisher says the part of the dataset this spec reads holds, and the few assumptions the
+    census (``medpclip specs census``, ``medpclip.census``) projects samples and regions from.
+
+    2D datasets give ``images``; 3D ones ``cases`` and ``slices`` (acquisition-plane slices of all cases) or
+    ``slices_per_case``, and ``matrix`` (in-plane size) when the spec slices other planes too.
+    ``annotated_fraction`` is the share of slices or images with at least one region (what ``keep_empty:
+    false`` keeps); ``regions_per_sample`` the regions on such a sample, or ``annotations`` the published
+    count of annotation objects (boxes, masks) of a 2D dataset. ``source`` cites where each published number
+    is stated; every field that is this project's estimate, not the publisher's number, is named in
+    ``estimated`` with how it was estimated in ``source``."""
+
+    cases: int | None = Field(default=None, ge=1, description="volumes, series or studies the spec reads")
+    images: int | None = Field(default=None, ge=1, description="2D images the spec reads")
+    slices: int | None = Field(default=None, ge=1, description="acquisition-plane slices over all cases")
+    slices_per_case: float | None = Field(default=None, gt=0)
+    acquisition: Literal["ax", "co", "sa"] = "ax"
+    matrix: int | None = Field(default=None, ge=1, description="in-plane rows ≈ columns of a typical case")
+    structures: int = Field(ge=1, description="annotated classes the spec reads")
+    annotations: int | None = Field(default=None, ge=0, description="published annotation objects (2D)")
+    annotated_fraction: float = Field(default=1.0, gt=0, le=1)
+    regions_per_sample: float | None = Field(default=None, ge=0)
+    modalities: dict[str, float] | None = Field(
+        default=None, description="share of samples per modality when the dataset mixes them (AMOS: CT/MR)"
+    )
+    source: str = Field(min_length=1)
+    estimated: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetStats:
+        fields = set(type(self).model_fields) - {"source", "estimated"}
+        unknown = set(self.estimated) - fields
+        if unknown:
+            raise ValueError(f"estimated names unknown fields {sorted(unknown)} (fields: {sorted(fields)})")
+        if (self.images is None) == (self.cases is None and self.slices is None):
+            raise ValueError("give 'images' (a 2D dataset) or 'cases' with 'slices' or 'slices_per_case' (3D)")
+        if self.images is None and self.slices is None and (self.cases is None or self.slices_per_case is None):
+            raise ValueError("a 3D dataset needs 'slices', or 'cases' and 'slices_per_case'")
+        if self.regions_per_sample is None and self.annotations is None:
+            raise ValueError("give 'regions_per_sample' or (2D) 'annotations'")
+        if self.annotations is not None and self.images is None:
+            raise ValueError("'annotations' projects 2D datasets only; give 'regions_per_sample' for 3D")
+        if self.modalities is not None:
+            if set(self.modalities) - set(Modality.__args__):  # type: ignore[attr-defined]
+                raise ValueError(f"modalities must be among {list(Modality.__args__)}")  # type: ignore[attr-defined]
+            if abs(sum(self.modalities.values()) - 1.0) > 1e-6:
+                raise ValueError("modalities shares must sum to 1")
+        return self
+
+
 class DatasetSpec(_Strict):
     name: Annotated[str, Field(min_length=1)]
     root: str = Field(
@@ -213,6 +263,10 @@ class DatasetSpec(_Strict):
     patient_id: PatientIdSpec = PatientIdSpec()
     regions: RegionFilterSpec = RegionFilterSpec()
     unit_items: int = Field(default=0, ge=0, description="items per work unit; 0 = the family's default")
+    stats: DatasetStats | None = Field(default=None, description="publisher's counts for the census")
+    synthetic: bool = Field(
+        default=False, description="written by `medpclip demo-data`, not a public dataset: no census share"
+    )
 
     @field_validator("name")
     @classmethod
