@@ -11,7 +11,9 @@ Per spec:
   divided by ``slicing.step``. Kept and regions as for 2D with ``regions_per_sample``.
 
 Every projection names its inputs as ``published`` or ``estimated`` (``stats.estimated``), so a reader sees
-which totals rest on whose numbers. The region-size rules are not modelled: ``regions_per_sample`` is meant
+which totals rest on whose numbers. Where a spec declares that another spec of the census re-publishes some
+of its cases (``spec.overlaps``), the distinct totals count that share once (it stays in the per-spec rows:
+a build of both specs holds both copies, in one split). The region-size rules are not modelled: ``regions_per_sample`` is meant
 as the count after them (a stated estimate where the publisher gives only per-case structure counts).
 """
 
@@ -53,10 +55,21 @@ class Projection:
 
 @dataclass
 class Census:
-    """Projections of the specs that have stats, and the names of those that have none yet."""
+    """Projections of the specs that have stats, and the names of those that have none yet. ``shared``:
+    per spec, the share of its samples another spec of this census also holds (``spec.overlaps``), so that
+    ``distinct_samples``/``distinct_regions`` count re-published cases once."""
 
     projections: list[Projection] = field(default_factory=list)
     without_stats: list[str] = field(default_factory=list)
+    shared: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def distinct_samples(self) -> int:
+        return sum(round(p.samples * (1 - self.shared.get(p.dataset, 0.0))) for p in self.projections)
+
+    @property
+    def distinct_regions(self) -> int:
+        return sum(round(p.regions * (1 - self.shared.get(p.dataset, 0.0))) for p in self.projections)
 
     @property
     def samples(self) -> int:
@@ -138,4 +151,12 @@ def census(specs: list[DatasetSpec]) -> Census:
             out.without_stats.append(spec.name)
         else:
             out.projections.append(project(spec))
+    present = {p.dataset for p in out.projections}
+    for spec in specs:
+        if spec.stats is None or spec.synthetic:
+            continue
+        total = spec.stats.images or spec.stats.cases
+        shared = sum(o.cases for o in spec.overlaps if o.spec in present)
+        if shared and total:
+            out.shared[spec.name] = min(1.0, shared / total)
     return out

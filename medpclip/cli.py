@@ -560,7 +560,13 @@ def specs_census(
         _fail(str(e))
     rows = [p.row() for p in result.projections]
     if fmt == "json":
-        total = {"datasets": len(rows), "samples": result.samples, "regions": result.regions}
+        total = {
+            "datasets": len(rows),
+            "samples": result.samples,
+            "regions": result.regions,
+            "distinct_samples": result.distinct_samples,
+            "distinct_regions": result.distinct_regions,
+        }
         doc = {"datasets": rows, "total": total, "by_modality": result.by_modality()}
         sys.stdout.write(json.dumps(doc | {"without_stats": result.without_stats}, indent=1) + "\n")
         return
@@ -590,6 +596,13 @@ def specs_census(
         style="bold",
     )
     console.print(table)
+    if result.shared:
+        console.print(
+            f"counting re-published cases once ({', '.join(sorted(result.shared))} overlap other specs): "
+            f"{result.distinct_samples:,} samples, {result.distinct_regions:,} regions",
+            highlight=False,
+            soft_wrap=True,
+        )
     mix = ", ".join(f"{m} {n:,}" for m, n in result.by_modality().items())
     console.print(f"samples by modality: {mix}", highlight=False, soft_wrap=True)
     if result.without_stats:

@@ -228,8 +228,14 @@ class DatasetStats(_Strict):
         if unknown:
             raise ValueError(f"estimated names unknown fields {sorted(unknown)} (fields: {sorted(fields)})")
         if (self.images is None) == (self.cases is None and self.slices is None):
-            raise ValueError("give 'images' (a 2D dataset) or 'cases' with 'slices' or 'slices_per_case' (3D)")
-        if self.images is None and self.slices is None and (self.cases is None or self.slices_per_case is None):
+            raise ValueError(
+                "give 'images' (a 2D dataset) or 'cases' with 'slices' or 'slices_per_case' (3D)"
+            )
+        if (
+            self.images is None
+            and self.slices is None
+            and (self.cases is None or self.slices_per_case is None)
+        ):
             raise ValueError("a 3D dataset needs 'slices', or 'cases' and 'slices_per_case'")
         if self.regions_per_sample is None and self.annotations is None:
             raise ValueError("give 'regions_per_sample' or (2D) 'annotations'")
@@ -241,6 +247,16 @@ class DatasetStats(_Strict):
             if abs(sum(self.modalities.values()) - 1.0) > 1e-6:
                 raise ValueError("modalities shares must sum to 1")
         return self
+
+
+class Overlap(_Strict):
+    """Part of this dataset that another shipped spec also holds (one source re-published inside another:
+    MSD Task03 is LiTS' training set). Cross-dataset pixel duplicates are settled by the build (same split,
+    corpus/split.py); the census counts the shared part once (``medpclip.census``)."""
+
+    spec: str = Field(min_length=1, description="the other spec's name")
+    cases: int = Field(ge=1, description="how many of THIS spec's cases (3D) or images (2D) the other holds")
+    note: str = Field(min_length=1, description="what is shared and where that is stated")
 
 
 class DatasetSpec(_Strict):
@@ -264,6 +280,7 @@ class DatasetSpec(_Strict):
     regions: RegionFilterSpec = RegionFilterSpec()
     unit_items: int = Field(default=0, ge=0, description="items per work unit; 0 = the family's default")
     stats: DatasetStats | None = Field(default=None, description="publisher's counts for the census")
+    overlaps: tuple[Overlap, ...] = ()
     synthetic: bool = Field(
         default=False, description="written by `medpclip demo-data`, not a public dataset: no census share"
     )

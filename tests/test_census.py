@@ -125,3 +125,26 @@ def test_specs_list_filters_by_access_and_licence():
     )
     res = runner.invoke(app, ["specs", "list", "--access", "public"])
     assert res.exit_code == 2 and "--access takes credentialed, open, registration" in res.output
+
+
+def test_overlapping_specs_are_counted_once_in_the_distinct_totals():
+    liver = _with("msd_liver", {"cases": 131, "slices": 58_638, "structures": 2, "regions_per_sample": 1.5})
+    data = liver.model_dump(mode="json")
+    data["overlaps"] = [{"spec": "kits23", "cases": 131, "note": "this test: every case shared"}]
+    shared_all = parse_spec(data)
+    kits = _with("kits23", {"cases": 489, "slices_per_case": 200, "structures": 3, "regions_per_sample": 2.0})
+    c = census([shared_all, kits])
+    assert c.shared == {"msd_liver": 1.0}
+    assert c.distinct_samples == c.samples - c.projections[0].samples
+    assert c.distinct_regions == c.regions - c.projections[0].regions
+    assert census([shared_all]).shared == {}  # the other spec not in this census: nothing is counted twice
+
+
+def test_every_declared_overlap_names_a_shipped_spec():
+    names = set(available_specs())
+    for name in names:
+        spec = resolve_spec(name)
+        for o in spec.overlaps:
+            assert o.spec in names and o.spec != name, (name, o.spec)
+            total = spec.stats.images or spec.stats.cases if spec.stats else None
+            assert total is None or o.cases <= total, (name, o.spec, o.cases, total)
