@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
+WHEELS := .cache/wheels
+TS_VERSION := 2.18.0
+TS_WHEEL := $(WHEELS)/totalsegmentator-$(TS_VERSION)-py3-none-any.whl
 export PYTHONHASHSEED := 0
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED := 0
@@ -12,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: setup browser demo test test-fast bench lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(TS_WHEEL)
 
 # torch first, from this machine's local files, then everything else pinned by constraints.txt with the same
 # torch pin repeated so nothing pulls another build (README, "Operations").
@@ -23,6 +26,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -qq -c constraints.txt -e '.[dev]' torch==2.14.1 torchvision==0.29.1
 	$(PIP) check
 	touch $(STAMP)
+
+# The TotalSegmentator wheel, never installed (its dependencies are heavy): tests/test_volume_datasets.py
+# reads class_map["total"] from its map_to_binary.py to check the totalsegmentator spec's labels.
+$(TS_WHEEL): | $(STAMP)
+	$(PIP) download -qq --no-deps --only-binary :all: TotalSegmentator==$(TS_VERSION) -d $(WHEELS)
 
 demo: setup
 	$(VENV)/bin/medpclip demo-data $(DEMO)/raw

@@ -276,10 +276,12 @@ def write_totalsegmentator(raw: Path) -> None:
     rows = [f"{c};63;m;A;ct abdomen-pelvis;{s};siemens;SOMATOM;120;;" for c, s in TS_SPLITS.items()]
     d.mkdir(parents=True)
     (d / "meta.csv").write_bytes(("\n".join([header, *rows]) + "\n").encode("utf-8-sig"))  # BOM, ';'
+    # every case ships one file per structure of the spec (all 117 v2 classes), all-zero unless TS_PRESENT
+    # draws it, as the real dataset does; 'face' is a v1 class (a v2 subtask) the spec does not read
     structures = [e.label for e in resolve_spec("totalsegmentator").labels]
     for n, case in enumerate(("s0000", "s0001", "s0002", "s0004")):  # s0003: in meta.csv, not on disk
         save(d / case / "ct.nii.gz", ct_image(_box_union(), n), "LAS")
-        for name in [*structures, "vertebrae_L1"]:
+        for name in [*structures, "face"]:
             if case == "s0004" and name == "prostate":
                 continue  # a partial download
             mask = np.zeros(SHAPE, np.float32 if name == "liver" else np.uint8)  # liver stored as float
@@ -421,7 +423,7 @@ def test_every_spec_is_complete_and_its_options_parse():
     assert by_value["brats2023"] == {1: "NCR", 2: "ED", 3: "ET"}
     assert by_value["amos22"][8] == "arota" and by_value["amos22"][9] == "postcava"
     assert by_value["flare22"][1] == "liver" and by_value["btcv"][1] == "spleen"
-    assert len(by_value["totalsegmentator"]) == 41 and by_value["totalsegmentator"][52] == "aorta"
+    assert len(by_value["totalsegmentator"]) == 117 and by_value["totalsegmentator"][52] == "aorta"
 
 
 # --- MSD ---------------------------------------------------------------------------------------------------
@@ -621,19 +623,19 @@ def test_totalsegmentator_per_structure_masks_meta_csv_split(raw):
     assert item.files[1] == SourceFile(
         "mask", "Totalsegmentator_dataset_v201/s0000/segmentations/spleen.nii.gz"
     )
-    assert len(item.files) == 42 and item.patient_id == "s0000"  # ct + the 41 structures of the spec
+    assert len(item.files) == 118 and item.patient_id == "s0000"  # ct + the 117 structures, not face
     e = rejected(spec, raw, items["s0003"])  # a meta.csv row the folder lacks
     assert e.reason == "missing_file" and "meta.csv" in e.detail
-    # one mask file missing (a partial download): the case is built with its other 40 masks, and the absent
+    # one mask file missing (a partial download): the case is built with its other 116 masks, and the absent
     # file is one plan-stage row naming it (missing_masks: skip, the default); once the whole case was lost
     item = items["s0004"]
-    assert len(item.files) == 41 and "prostate" not in item.meta_dict()["structures"]
+    assert len(item.files) == 117 and "prostate" not in item.meta_dict()["structures"]
     assert {k: regions_per_frame(f) for k, f in enumerate(frames_of(spec, raw, item))} == TS_REGIONS
     assert discovery_notes(spec, raw) == [
         DiscoveryNote(
             "missing_file",
             "case 's0004': Totalsegmentator_dataset_v201/s0004/segmentations/prostate.nii.gz is absent; the "
-            "case is built with its other 40 masks (format.options.missing_masks: reject refuses it)",
+            "case is built with its other 116 masks (format.options.missing_masks: reject refuses it)",
             "Totalsegmentator_dataset_v201/s0004/segmentations/prostate.nii.gz",
         )
     ]
@@ -659,7 +661,7 @@ def test_totalsegmentator_per_structure_masks_meta_csv_split(raw):
     # missing_masks: empty counts the missing structure as absent, without a row
     lenient = with_options("totalsegmentator", missing_masks="empty")
     item = items_of(lenient, raw)["s0004"]
-    assert len(item.files) == 41 and "prostate" not in item.meta_dict()["structures"]
+    assert len(item.files) == 117 and "prostate" not in item.meta_dict()["structures"]
     assert {k: regions_per_frame(f) for k, f in enumerate(frames_of(lenient, raw, item))} == TS_REGIONS
     assert discovery_notes(lenient, raw) == []
 
@@ -864,3 +866,50 @@ def test_label_values_scan_spans_chunks_in_storage_order():
     assert _present_values(data) == [0, 3, 9, 200]
     assert _present_values(data.astype(np.int32, order="F")) == [0, 3, 9, 200]
     assert _present_values(np.array([[-1, 0], [70000, 2]])) == [-1, 0, 2, 70000]
+
+
+# --- the TotalSegmentator class map ------------------------------------------------------------------------
+
+TS_WHEELS = Path(__file__).resolve().parents[1] / ".cache" / "wheels"  # `make setup` downloads it there
+
+
+def _ts_class_map_total(wheel: Path) -> dict[int, str]:
+    """``class_map["total"]`` of the package's ``map_to_binary.py``, read with ``ast`` (never imported: the
+    package pulls torch and nnU-Net); the module must not reassign that entry after its literal."""
+    import ast
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as z:
+        tree = ast.parse(z.read("totalsegmentator/map_to_binary.py").decode("utf-8"))
+    literal = None
+    for node in tree.body:
+        if not isinstance(node, ast.Assign):
+            continue
+        for target in node.targets:
+            if isinstance(target, ast.Name) and target.id == "class_map" and literal is None:
+                literal = ast.literal_eval(node.value)
+            elif (  # class_map["total"] = … or class_map["total"][k] = … later in the module
+                isinstance(target, ast.Subscript)
+                and "class_map['total']" in ast.unparse(target).replace('"', "'")
+            ):
+                raise AssertionError(
+                    f"{wheel.name}: map_to_binary.py changes class_map['total'] after its literal"
+                )
+    assert literal is not None, f"{wheel.name}: no 'class_map = {{...}}' literal in map_to_binary.py"
+    return literal["total"]
+
+
+def test_totalsegmentator_labels_are_the_packages_class_map():
+    wheels = sorted(
+        TS_WHEELS.glob("totalsegmentator-2.*-py3-none-any.whl"),
+        key=lambda p: tuple(int(x) for x in p.name.split("-")[1].split(".") if x.isdigit()),
+    )
+    assert wheels, (
+        f"no TotalSegmentator 2.x wheel in {TS_WHEELS}: run `make setup` (it downloads the wheel once with "
+        "pip download --no-deps; the spec's labels are checked against its map_to_binary.py)"
+    )
+    total = _ts_class_map_total(wheels[-1])
+    spec = resolve_spec("totalsegmentator")
+    assert {e.value: e.label for e in spec.labels} == total, wheels[-1].name
+    assert len(total) == 117 and len(spec.labels) == 117
+    assert spec.stats is not None and spec.stats.structures == len(spec.labels)
