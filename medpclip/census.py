@@ -152,11 +152,45 @@ def census(specs: list[DatasetSpec]) -> Census:
         else:
             out.projections.append(project(spec))
     present = {p.dataset for p in out.projections}
+    counted: set[frozenset[str]] = set()  # a pair both of whose specs declare it is taken off once
     for spec in specs:
         if spec.stats is None or spec.synthetic:
             continue
         total = spec.stats.images or spec.stats.cases
-        shared = sum(o.cases for o in spec.overlaps if o.spec in present)
+        shared = 0
+        for o in spec.overlaps:
+            pair = frozenset((spec.name, o.spec))
+            if o.spec in present and pair not in counted:
+                counted.add(pair)
+                shared += o.cases
         if shared and total:
             out.shared[spec.name] = min(1.0, shared / total)
     return out
+
+
+def markdown(result: Census) -> str:
+    """The census as the Markdown table docs/COVERAGE.md holds (``medpclip specs census --format markdown``):
+    one row per spec, the totals, the distinct totals and the modality mix."""
+    lines = [
+        "| dataset | modality | access | samples | regions | estimated inputs |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for p in result.projections:
+        estimated = ", ".join(p.estimated) or "—"
+        lines.append(
+            f"| {p.dataset} | {p.modality} | {p.access} | {p.samples:,} | {p.regions:,} | {estimated} |"
+        )
+    n = len(result.projections)
+    lines.append(f"| **total ({n} datasets)** | | | **{result.samples:,}** | **{result.regions:,}** | |")
+    lines.append("")
+    if result.shared:
+        lines.append(
+            f"Counting re-published cases once ({', '.join(sorted(result.shared))} overlap other specs): "
+            f"{result.distinct_samples:,} samples, {result.distinct_regions:,} regions."
+        )
+        lines.append("")
+    mix = ", ".join(f"{m} {k:,}" for m, k in result.by_modality().items())
+    lines.append(f"Samples by modality: {mix}.")
+    if result.without_stats:
+        lines += ["", f"No stats yet: {', '.join(result.without_stats)}."]
+    return "\n".join(lines) + "\n"

@@ -543,14 +543,14 @@ def specs_list(
 def specs_census(
     access: AccessOption = None,
     licence: LicenceOption = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, json or markdown")] = "table",
 ) -> None:
     """Samples and regions a full download of each spec's dataset gives under the spec's own rules,
     projected from the publishers' counts (spec `stats`), per spec and in total, with the modality mix."""
-    from medpclip.census import CensusError, census
+    from medpclip.census import CensusError, census, markdown
 
-    if fmt not in ("table", "csv", "json"):
-        _fail(f"--format must be table, csv or json, not '{fmt}'")
+    if fmt not in ("table", "csv", "json", "markdown"):
+        _fail(f"--format must be table, csv, json or markdown, not '{fmt}'")
     specs, invalid = _selected_specs(access, licence)
     for _name, error in invalid:
         err.print(f"invalid {error}", highlight=False, soft_wrap=True)
@@ -559,6 +559,9 @@ def specs_census(
     except CensusError as e:
         _fail(str(e))
     rows = [p.row() for p in result.projections]
+    if fmt == "markdown":
+        sys.stdout.write(markdown(result))
+        return
     if fmt == "json":
         total = {
             "datasets": len(rows),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -112,7 +113,7 @@ def test_census_command_formats_and_filters():
     assert all(r["access"] == "credentialed" for r in table)
     assert {r["dataset"] for r in table} == {n for n in rows if rows[n]["access"] == "credentialed"}
     res = runner.invoke(app, ["specs", "census", "--format", "xml"])
-    assert res.exit_code == 2 and "--format must be table, csv or json" in res.output
+    assert res.exit_code == 2 and "--format must be table, csv, json or markdown" in res.output
 
 
 def test_specs_list_filters_by_access_and_licence():
@@ -138,6 +139,12 @@ def test_overlapping_specs_are_counted_once_in_the_distinct_totals():
     assert c.distinct_samples == c.samples - c.projections[0].samples
     assert c.distinct_regions == c.regions - c.projections[0].regions
     assert census([shared_all]).shared == {}  # the other spec not in this census: nothing is counted twice
+    data = kits.model_dump(mode="json")
+    data["overlaps"] = [
+        {"spec": "msd_liver", "cases": 131, "note": "this test: the same pair, declared twice"}
+    ]
+    both = census([shared_all, parse_spec(data)])
+    assert both.shared == {"msd_liver": 1.0}  # a pair is taken off once, from the spec listed first
 
 
 def test_every_declared_overlap_names_a_shipped_spec():
@@ -148,3 +155,18 @@ def test_every_declared_overlap_names_a_shipped_spec():
             assert o.spec in names and o.spec != name, (name, o.spec)
             total = spec.stats.images or spec.stats.cases if spec.stats else None
             assert total is None or o.cases <= total, (name, o.spec, o.cases, total)
+
+
+COVERAGE = Path(__file__).resolve().parents[1] / "docs" / "COVERAGE.md"
+BEGIN, END = "<!-- census: medpclip specs census --format markdown -->", "<!-- end census -->"
+
+
+def test_coverage_md_holds_the_census_of_the_shipped_specs():
+    """docs/COVERAGE.md's census is the command's output for the specs as shipped: a stats change that does
+    not regenerate it fails here (fix: paste `medpclip specs census --format markdown` between the markers)."""
+    text = COVERAGE.read_text(encoding="utf-8")
+    assert BEGIN in text and END in text
+    held = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    res = runner.invoke(app, ["specs", "census", "--format", "markdown"])
+    assert res.exit_code == 0
+    assert held == res.output.strip()
