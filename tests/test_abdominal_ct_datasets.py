@@ -378,3 +378,58 @@ def test_a_fresh_copy_discovers_the_same_cases(tmp_path, name, writer: Callable[
     writer(tmp_path)
     spec = resolve_spec(name)
     assert sorted(items_of(spec, tmp_path)) == sorted({**CASES[name]["read"], **CASES[name]["rejected"]})
+
+
+# --- WORD: labels in a sibling folder per split (pairs + annotation_dirs) ---------------------------------
+
+# liver (value 1, patient's right), stomach (5) and the two femoral heads (15 left, 16 right) on k 2-3
+WORD = phantom(
+    [
+        (1, box((9, 15), (3, 9), (0, 3))),
+        (5, box((2, 7), (4, 9), (0, 2))),
+        (15, box((1, 4), (1, 3), (2, 4))),
+        (16, box((12, 15), (1, 3), (2, 4))),
+    ]
+)
+WORD_NAMES = {0: {"liver", "stomach"}, 1: {"liver", "stomach"}, 2: {"liver", "Head_of_femur_L", "Head_of_femur_R"},
+              3: {"Head_of_femur_L", "Head_of_femur_R"}}  # fmt: skip
+WORD_SPLITS = {"word_0001": "train", "word_0002": "train", "word_0101": "val", "word_0121": "test"}
+
+
+def write_word(raw: Path) -> None:
+    """WORD-V0.1.0/images{Tr,Val,Ts}/word_NNNN.nii.gz with labels{Tr,Val,Ts}/word_NNNN.nii.gz (stored LPS, as
+    the shipped labelsTs are), a labelsTr file without its image, and macOS junk."""
+    d = raw / "WORD-V0.1.0"
+    for n, (case, split) in enumerate(WORD_SPLITS.items()):
+        folder = {"train": "Tr", "val": "Val", "test": "Ts"}[split]
+        save(d / f"images{folder}" / f"{case}.nii.gz", ct_image(WORD, n), "LPS")
+        save(d / f"labels{folder}" / f"{case}.nii.gz", WORD, "LPS")
+    save(d / "labelsTr" / "word_0099.nii.gz", WORD, "LPS")  # a label without its image: never a case
+    junk(d / "imagesTr" / "._word_0001.nii.gz")
+
+
+def test_word_finds_each_label_in_its_splits_label_folder(tmp_path):
+    write_word(tmp_path)
+    spec = resolve_spec("word")
+    assert spec.stats.structures == len(spec.labels) == 16 and spec.access == "open"
+    items = items_of(spec, tmp_path)
+    orphan = items.pop("word_0099")  # labelsTr/word_0099 has no image: a case rejected for it
+    assert {c: i.official_split for c, i in items.items()} == WORD_SPLITS
+    with pytest.raises(ReadError) as e:
+        frames_of(spec, tmp_path, orphan)
+    assert e.value.reason == "missing_file" and "labelsTr/word_0099.nii.gz has no image" in e.value.detail
+    val = items["word_0101"]
+    assert val.files == (
+        SourceFile("image", "WORD-V0.1.0/imagesVal/word_0101.nii.gz"),
+        SourceFile("label", "WORD-V0.1.0/labelsVal/word_0101.nii.gz"),
+    )
+    frames = frames_of(spec, tmp_path, val)
+    assert all(np.array_equal(f.label_map, display(WORD, f.slice_index)) for f in frames)
+    assert {k: names_of(f) for k, f in enumerate(frames) if f.has_annotations} == WORD_NAMES
+    assert regions_of(frames[2]) == 3 and regions_of(frames[3]) == 2
+    # the label names resolve to the KB's femoral heads (a display name of its own, laterality kept)
+    from medpclip.text.kb import concept_for_label, load_kb
+
+    kb = load_kb()
+    heads = {e.label: concept_for_label(e, kb).canonical_name for e in spec.labels if e.value in (15, 16)}
+    assert heads == {"Head_of_femur_L": "Left femoral head", "Head_of_femur_R": "Right femoral head"}

@@ -129,6 +129,9 @@ class PairVolumes(_FileVolumes):
 
     layout: Literal["pairs"] = "pairs"
     images: Glob
+    # image folder → the folder its annotations are in, as {dir} of labels/masks (WORD: imagesTr →
+    # labelsTr, imagesVal → labelsVal); a folder not listed is its own
+    annotation_dirs: dict[str, str] = Field(default_factory=dict)
 
 
 class CaseVolumes(_FileVolumes):

@@ -39,6 +39,8 @@ More options:
   index's ``modality``/``channel_names`` map such as ``FLAIR``. Required when an image has several channels.
 - ``study_regex`` (group ``study``) — the study id from the case id (BraTS 2023: the timepoint).
 - ``split_by_path`` — prefix of the image path (relative to the dataset folder) → official split.
+- ``annotation_dirs`` (pairs) — image folder → the folder holding its labels or masks, which ``{dir}`` then
+  names in ``labels``/``masks`` (WORD: ``imagesTr`` → ``labelsTr``, ``imagesVal`` → ``labelsVal``).
 - ``table`` — a delimited file of per-case rows (``path``, ``delimiter``, ``id_column``, ``split_column``;
   UTF-8 with or without BOM): the split column gives the official split, the row's columns are fields for
   ``patient_id.field``. A row naming a case that is not on disk becomes a rejected case.
@@ -296,8 +298,10 @@ def _channel_by_name(index: dict, name: str, index_name: str) -> int:
 def _pair_cases(spec: DatasetSpec, root: Path, opts: PairVolumes) -> list[_Case]:
     label_files: set[str] = set()
     if opts.labels is not None:
-        label_glob = _to_glob(_fill(opts.labels, sequence=opts.sequence))
-        label_files = {p.relative_to(root).as_posix() for p in glob_files(root, label_glob)}
+        # with annotation_dirs, {dir} is one of those folders: `{dir}/{stem}.nii.gz` must not match images
+        for folder in sorted(set(opts.annotation_dirs.values())) or [None]:
+            label_glob = _to_glob(_fill(opts.labels, sequence=opts.sequence, dir=folder))
+            label_files |= {p.relative_to(root).as_posix() for p in glob_files(root, label_glob)}
     out: list[_Case] = []
     used: set[str] = set()
     for path in glob_files(root, _fill(opts.images, sequence=opts.sequence)):
@@ -309,7 +313,8 @@ def _pair_cases(spec: DatasetSpec, root: Path, opts: PairVolumes) -> list[_Case]
         if case is None:
             continue  # not an image of this layout (e.g. a second channel file `_0001`)
         folder = PurePosixPath(rel).parent.as_posix()
-        files, meta, absent = _annotations(spec, root, opts, case=case, dir=folder, stem=stem)
+        beside = opts.annotation_dirs.get(folder, folder)
+        files, meta, absent = _annotations(spec, root, opts, case=case, dir=beside, stem=stem)
         out.append(_Case(case, [("image", rel), *files], dir=folder, stem=stem, meta=meta, absent=absent))
         used.update(p for _, p in files)
     if opts.labels is not None:
