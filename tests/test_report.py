@@ -143,3 +143,20 @@ def test_progress_without_a_terminal_prints_one_line_per_unit():
         "[1/2] demo_ct unit 00000: 80 samples, 320 regions, 1 rejects (0.4s)",
         "[2/2] demo_cxr unit 00000: 19 samples, 10 regions, 0 rejects (kept)",
     ]
+
+
+def test_planning_notes_reach_the_report(demo_corpus, tmp_path):
+    """build.json's per-dataset notes (a table only part of whose images are on disk) are on the page."""
+    import json
+
+    from medpclip.qa.report import write_report
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(demo_corpus.out, corpus)
+    build = json.loads((corpus / "build.json").read_text())
+    note = "Data_Entry_2017.csv: 1,000 of 112,120 rows have their image"
+    build["datasets"][0]["notes"] = [note]
+    page = write_report(corpus, build).read_text()
+    assert f"<b>{build['datasets'][0]['name']}</b>: {note}" in page
+    del build["datasets"][0]["notes"]
+    assert "class=notes" not in write_report(corpus, build).read_text()  # nothing to say, no list

@@ -163,7 +163,14 @@ def _overview(con, build: dict[str, Any]) -> str:
         rows,
         numeric={4, 5, 6, 7, 8, 9, 10},
     )
-    return f"<h1>medpclip corpus report</h1><p class=muted>schema v{build['schema_version']}, code {build['code_version']}</p>{kpis}<h2>Datasets</h2>{table}"
+    # planning's notes: what part of a dataset was on disk (a table only part of whose images are present)
+    notes = "".join(
+        f"<li><b>{_e(d['name'])}</b>: {_e(note)}</li>"
+        for d in build["datasets"]
+        for note in d.get("notes", ())
+    )
+    notes = f"<ul class=notes>{notes}</ul>" if notes else ""
+    return f"<h1>medpclip corpus report</h1><p class=muted>schema v{build['schema_version']}, code {build['code_version']}</p>{kpis}<h2>Datasets</h2>{table}{notes}"
 
 
 def _histograms(con) -> str:
