@@ -223,14 +223,15 @@ def test_glas_gives_one_region_per_gland_with_its_area(fixtures):
         assert areas == sorted(int((coded == k).sum()) for k in range(1, n + 1)), case
 
 
-def test_glas_touching_glands_merge_a_known_limit(tmp_path):
-    """No instance mode in the raster family: two gland ids that touch become one region (spec comment)."""
+def test_glas_touching_glands_stay_two_regions(tmp_path):
+    """mask_mode instances: two gland ids that share an edge are two regions (a binary mask would merge them)."""
     root = tmp_path / "Warwick QU Dataset (Released 2016_07_08)"
     _save(root / "train_2.bmp", _photo(70))
-    _save(root / "train_2_anno.bmp", _glands((4, 20, 4, 20), (4, 20, 20, 36)))  # ids 1 and 2 share an edge
+    coded = _glands((4, 20, 4, 20), (4, 20, 20, 36))  # ids 1 and 2 share an edge
+    _save(root / "train_2_anno.bmp", coded)
     spec = resolve_spec("glas")
     (frame,) = frames_of(spec, tmp_path, items_of(spec, tmp_path)["train_2"])
-    assert len(_regions(frame)) == 1
+    assert sorted(int(r.area_px) for r in _regions(frame)) == sorted(int((coded == k).sum()) for k in (1, 2))
 
 
 @pytest.mark.parametrize(

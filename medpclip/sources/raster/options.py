@@ -81,7 +81,7 @@ class RasterOptions(ReaderOptions):
     exclude: list[str] = Field(default_factory=list)
     name_regex: str | None = None
     masks: list[str | MaskPattern] = Field(default_factory=list)
-    mask_mode: Literal["threshold", "values", "ranges"] = "threshold"
+    mask_mode: Literal["threshold", "instances", "values", "ranges"] = "threshold"
     threshold: float = 127
     label: str | None = None
     values: dict[int, int] = Field(default_factory=dict)
@@ -114,8 +114,10 @@ class RasterOptions(ReaderOptions):
                 raise ValueError(f"mask pattern '{m.pattern}' uses unknown fields {sorted(unknown)}")
             if not used & ({"stem"} | groups):
                 raise ValueError(f"mask pattern '{m.pattern}' needs {{stem}} or a name_regex group")
-            if self.mask_mode != "threshold" and (m.label or m.empty):
-                raise ValueError(f"mask pattern '{m.pattern}': label/empty apply to mask_mode threshold only")
+            if self.mask_mode not in ("threshold", "instances") and (m.label or m.empty):
+                raise ValueError(
+                    f"mask pattern '{m.pattern}': label/empty apply to mask_mode threshold or instances only"
+                )
         return self
 
     def name_groups(self) -> list[str]:

@@ -26,6 +26,9 @@ Masks
   is the entry's ``label``, else option ``label``, else the spec's only label. Lossy (JPEG), RGB (3-channel
   TIFF), palette (GIF) and 16-bit masks are read as one grey channel first. A mask holding only 0 and one
   value at or below the threshold (a 0/1-coded mask) is refused (``bad_label_value``), not read as empty.
+- ``mask_mode: instances`` — an instance-coded mask (0 background, each other value one object: GlaS's
+  ``_anno.bmp``): every id is its own instance, so touching objects stay two regions; labels as for
+  ``threshold``.
 - ``mask_mode: values`` — ``values: {mask pixel value: spec label value}``; the mask becomes a label map. A
   pixel value not in ``values`` is ``bad_label_value``.
 - ``mask_mode: ranges`` — ``ranges: {label: [lo, hi]}``: each label's mask is the pixels whose grey value
@@ -72,6 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from scipy import ndimage
 
 from medpclip.frame import Box, Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources._common import (
@@ -89,6 +93,7 @@ from medpclip.sources._common import (
     resolve_label,
     sorted_items,
 )
+from medpclip.sources._shapes import InstanceLayers
 from medpclip.sources.raster.options import (
     MaskPattern,
     RasterOptions,
@@ -129,7 +134,7 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
         files += [SourceFile("mask", raw_path(spec, m.relative_to(root).as_posix())) for _, m in case.masks]
         meta: dict[str, object] = {}
         error = case.error
-        if case.masks and opts.mask_mode == "threshold":  # the label of each mask file, in file order
+        if case.masks and opts.mask_mode in ("threshold", "instances"):  # each mask file's label, in order
             meta["mask_labels"] = tuple(_threshold_label(spec, opts, patterns[i]) for i, _ in case.masks)
         if not case.masks and path.stem in boxes:
             try:
@@ -157,7 +162,7 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
 def _check_labels(spec: DatasetSpec, opts: RasterOptions) -> None:
     """Spec-level mistakes fail discovery once instead of every item at read."""
     try:
-        if opts.mask_mode == "threshold":
+        if opts.mask_mode in ("threshold", "instances"):
             for m in opts.mask_patterns():
                 _threshold_label(spec, opts, m)
         elif opts.mask_mode == "ranges":
@@ -355,12 +360,31 @@ def _add_masks(
                     )
                 continue
             masks.append((labels[n], binary))
+        elif opts.mask_mode == "instances":
+            if labels[n] is None:
+                if mask.any():
+                    raise ReadError("bad_label_value", f"{rel}: instance ids in a mask that must be empty")
+                continue
+            masks.extend((labels[n], layer) for layer in _instance_layers(mask, rel))
         elif opts.mask_mode == "ranges":
             for label, (lo, hi) in opts.ranges.items():
                 masks.append((resolve_label(spec, label).label, (mask >= lo) & (mask <= hi)))
         else:
             _merge_label_map(frame, spec, opts, mask, rel)
     frame.masks = _union_by_label(masks) if opts.merge_masks else masks
+
+
+def _instance_layers(mask: np.ndarray, rel: str) -> list[np.ndarray]:
+    """An instance-coded mask (0 background, 1…N one object each: GlaS) as full-size layers in which no two
+    instances touch, so that touching objects stay separate regions (each a connected component of its
+    layer) instead of merging as they would in one binary mask."""
+    if mask.dtype.kind not in "ui":
+        raise ReadError("bad_label_value", f"{rel}: an instance mask must hold integer ids, not {mask.dtype}")
+    layers = InstanceLayers((int(mask.shape[0]), int(mask.shape[1])))
+    for value, sl in enumerate(ndimage.find_objects(mask), start=1):
+        if sl is not None:
+            layers.add(sl, mask[sl] == value)
+    return layers.layers
 
 
 def _check_not_low_coded(mask: np.ndarray, threshold: float, rel: str) -> None:
