@@ -64,3 +64,42 @@ def discovery_notes(spec: DatasetSpec, raw: Path) -> list[DiscoveryNote]:
 def frames_of(spec: DatasetSpec, raw: Path, item: SourceItem) -> list[Frame]:
     """All frames of an item, read as a worker would (after the JSON round trip)."""
     return list(get_reader(spec.format.family).read(spec, raw, as_from_json(item)))
+
+
+TS_WHEELS = Path(__file__).resolve().parents[1] / ".cache" / "wheels"  # `make setup` downloads it there
+
+
+def totalsegmentator_class_map(key: str) -> tuple[str, dict[int, str]]:
+    """(wheel name, ``class_map[key]``) of the newest TotalSegmentator 2.x wheel in ``.cache/wheels``, read from
+    its ``map_to_binary.py`` with ``ast`` (never imported: the package pulls torch and nnU-Net). Fails, never
+    skips, without the wheel, and when the module reassigns that entry after its literal."""
+    import ast
+    import zipfile
+
+    wheels = sorted(
+        TS_WHEELS.glob("totalsegmentator-2.*-py3-none-any.whl"),
+        key=lambda p: tuple(int(x) for x in p.name.split("-")[1].split(".") if x.isdigit()),
+    )
+    assert wheels, (
+        f"no TotalSegmentator 2.x wheel in {TS_WHEELS}: run `make setup` (it downloads the wheel once with "
+        "pip download --no-deps; the specs' labels are checked against its map_to_binary.py)"
+    )
+    wheel = wheels[-1]
+    with zipfile.ZipFile(wheel) as z:
+        tree = ast.parse(z.read("totalsegmentator/map_to_binary.py").decode("utf-8"))
+    literal = None
+    for node in tree.body:
+        if not isinstance(node, ast.Assign):
+            continue
+        for target in node.targets:
+            if isinstance(target, ast.Name) and target.id == "class_map" and literal is None:
+                literal = ast.literal_eval(node.value)
+            elif (  # class_map["total"] = … or class_map["total"][k] = … later in the module
+                isinstance(target, ast.Subscript)
+                and f"class_map['{key}']" in ast.unparse(target).replace('"', "'")
+            ):
+                raise AssertionError(
+                    f"{wheel.name}: map_to_binary.py changes class_map['{key}'] after its literal"
+                )
+    assert literal is not None, f"{wheel.name}: no 'class_map = {{...}}' literal in map_to_binary.py"
+    return wheel.name, literal[key]

@@ -5,19 +5,16 @@ labels checked against the TotalSegmentator package's own class map. No mocks, n
 
 from __future__ import annotations
 
-import ast
-import zipfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from corpus_utils import discovery_notes, frames_of, items_of
+from corpus_utils import discovery_notes, frames_of, items_of, totalsegmentator_class_map
 from scipy import ndimage
 
 from medpclip.specs import resolve_spec
 
 SHAPE = (16, 12, 4)
-TS_WHEELS = Path(__file__).resolve().parents[1] / ".cache" / "wheels"  # `make setup` downloads it there
 
 
 def _save(path: Path, data: np.ndarray) -> None:
@@ -25,37 +22,10 @@ def _save(path: Path, data: np.ndarray) -> None:
     nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 3.0, 1.0])), path)
 
 
-def _class_map(wheel: Path, key: str) -> dict[int, str]:
-    """``class_map[key]`` of the package's ``map_to_binary.py``, read with ``ast`` (never imported); the module
-    must not reassign that entry after its literal."""
-    with zipfile.ZipFile(wheel) as z:
-        tree = ast.parse(z.read("totalsegmentator/map_to_binary.py").decode("utf-8"))
-    literal = None
-    for node in tree.body:
-        if not isinstance(node, ast.Assign):
-            continue
-        for target in node.targets:
-            if isinstance(target, ast.Name) and target.id == "class_map" and literal is None:
-                literal = ast.literal_eval(node.value)
-            elif isinstance(target, ast.Subscript) and f"class_map['{key}']" in ast.unparse(target).replace(
-                '"', "'"
-            ):
-                raise AssertionError(
-                    f"{wheel.name}: map_to_binary.py changes class_map['{key}'] after its literal"
-                )
-    assert literal is not None, f"{wheel.name}: no 'class_map = {{...}}' literal in map_to_binary.py"
-    return literal[key]
-
-
 def test_totalsegmentator_mri_labels_are_the_packages_class_map():
-    wheels = sorted(
-        TS_WHEELS.glob("totalsegmentator-2.*-py3-none-any.whl"),
-        key=lambda p: tuple(int(x) for x in p.name.split("-")[1].split(".") if x.isdigit()),
-    )
-    assert wheels, f"no TotalSegmentator 2.x wheel in {TS_WHEELS}: run `make setup`"
-    total_mr = _class_map(wheels[-1], "total_mr")
+    wheel, total_mr = totalsegmentator_class_map("total_mr")
     spec = resolve_spec("totalsegmentator_mri")
-    assert {e.value: e.label for e in spec.labels} == total_mr, wheels[-1].name
+    assert {e.value: e.label for e in spec.labels} == total_mr, wheel
     assert len(total_mr) == 50
     assert spec.stats is not None and spec.stats.structures == len(spec.labels)
 

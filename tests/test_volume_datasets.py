@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from corpus_utils import discovery_notes, frames_of, items_of
+from corpus_utils import discovery_notes, frames_of, items_of, totalsegmentator_class_map
 from scipy import ndimage
 
 from medpclip.corpus.build import build_corpus
@@ -870,46 +870,10 @@ def test_label_values_scan_spans_chunks_in_storage_order():
 
 # --- the TotalSegmentator class map ------------------------------------------------------------------------
 
-TS_WHEELS = Path(__file__).resolve().parents[1] / ".cache" / "wheels"  # `make setup` downloads it there
-
-
-def _ts_class_map_total(wheel: Path) -> dict[int, str]:
-    """``class_map["total"]`` of the package's ``map_to_binary.py``, read with ``ast`` (never imported: the
-    package pulls torch and nnU-Net); the module must not reassign that entry after its literal."""
-    import ast
-    import zipfile
-
-    with zipfile.ZipFile(wheel) as z:
-        tree = ast.parse(z.read("totalsegmentator/map_to_binary.py").decode("utf-8"))
-    literal = None
-    for node in tree.body:
-        if not isinstance(node, ast.Assign):
-            continue
-        for target in node.targets:
-            if isinstance(target, ast.Name) and target.id == "class_map" and literal is None:
-                literal = ast.literal_eval(node.value)
-            elif (  # class_map["total"] = … or class_map["total"][k] = … later in the module
-                isinstance(target, ast.Subscript)
-                and "class_map['total']" in ast.unparse(target).replace('"', "'")
-            ):
-                raise AssertionError(
-                    f"{wheel.name}: map_to_binary.py changes class_map['total'] after its literal"
-                )
-    assert literal is not None, f"{wheel.name}: no 'class_map = {{...}}' literal in map_to_binary.py"
-    return literal["total"]
-
 
 def test_totalsegmentator_labels_are_the_packages_class_map():
-    wheels = sorted(
-        TS_WHEELS.glob("totalsegmentator-2.*-py3-none-any.whl"),
-        key=lambda p: tuple(int(x) for x in p.name.split("-")[1].split(".") if x.isdigit()),
-    )
-    assert wheels, (
-        f"no TotalSegmentator 2.x wheel in {TS_WHEELS}: run `make setup` (it downloads the wheel once with "
-        "pip download --no-deps; the spec's labels are checked against its map_to_binary.py)"
-    )
-    total = _ts_class_map_total(wheels[-1])
+    wheel, total = totalsegmentator_class_map("total")
     spec = resolve_spec("totalsegmentator")
-    assert {e.value: e.label for e in spec.labels} == total, wheels[-1].name
+    assert {e.value: e.label for e in spec.labels} == total, wheel
     assert len(total) == 117 and len(spec.labels) == 117
     assert spec.stats is not None and spec.stats.structures == len(spec.labels)
