@@ -10,6 +10,7 @@ Ray: discovery and reading only (tests/corpus_utils.py).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from corpus_utils import frames_of, items_of
+from layouts import junk, save_nifti
 from scipy import ndimage
 
 from medpclip.census import census
@@ -25,8 +27,10 @@ from medpclip.frame import Frame, ReadError, SourceFile
 from medpclip.specs import resolve_spec
 
 SHAPE = (16, 12, 4)
-APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "
 Box = tuple[slice, slice, slice]
+
+
+save = functools.partial(save_nifti, zooms=(0.75, 0.75, 2.5))
 
 
 def box(i: tuple[int, int], j: tuple[int, int], k: tuple[int, int]) -> Box:
@@ -46,25 +50,8 @@ def ct_image(labels: np.ndarray, seed: int, dtype=np.int16) -> np.ndarray:
     return (-60 + 20 * labels.astype(np.int16) + rng.integers(-5, 6, SHAPE)).astype(dtype)
 
 
-def save(path: Path, data: np.ndarray, axcodes: str = "RAS", zooms=(0.75, 0.75, 2.5)) -> None:
-    """Store canonical ``data`` in the axis order ``axcodes`` with the matching affine."""
-    img = nib.Nifti1Image(data, np.diag([*zooms, 1.0]))
-    if axcodes != "RAS":
-        ornt = nib.orientations.ornt_transform(
-            nib.orientations.axcodes2ornt(tuple("RAS")), nib.orientations.axcodes2ornt(tuple(axcodes))
-        )
-        img = img.as_reoriented(ornt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, path)
-
-
 def display(volume: np.ndarray, k: int) -> np.ndarray:
     return volume[:, :, k].T[::-1, ::-1]
-
-
-def junk(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(APPLEDOUBLE)
 
 
 # --- the phantoms (known truth: names and connected components per axial slice k) --------------------------

@@ -9,13 +9,14 @@ each axial frame and the connected components a frame holds. No Ray.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 from corpus_utils import frames_of, items_of
+from layouts import save_nifti
 from scipy import ndimage
 
 from medpclip.frame import Frame, ReadError
@@ -25,9 +26,7 @@ SHAPE = (12, 10, 5)
 Box = tuple[slice, slice, slice]
 
 
-def save(path: Path, data: np.ndarray, zooms=(2.0, 2.0, 4.0)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, np.diag([*zooms, 1.0])), path)
+save = functools.partial(save_nifti, zooms=(2.0, 2.0, 4.0))
 
 
 def sidecar(path: Path, **fields: object) -> None:
@@ -66,11 +65,13 @@ def write_isles22(raw: Path) -> None:
         sidecar(ses / "dwi" / f"{case}_ses-0001_dwi.json", Modality="MR", MagneticFieldStrength=3)
         sidecar(ses / "dwi" / f"{case}_ses-0001_adc.json", Modality="MR")
         # FLAIR is in its own native space (another grid): never read
-        save(ses / "anat" / f"{case}_ses-0001_FLAIR.nii.gz", np.zeros((20, 20, 9), np.float32), (1, 1, 2))
+        save(
+            ses / "anat" / f"{case}_ses-0001_FLAIR.nii.gz", np.zeros((20, 20, 9), np.float32), zooms=(1, 1, 2)
+        )
         sidecar(ses / "anat" / f"{case}_ses-0001_FLAIR.json", Modality="MR")
         if case in ISLES_LESIONS:  # case 0003 ships without a mask (a partial download)
             der = root / "derivatives" / case / "ses-0001"
-            save(der / f"{case}_ses-0001_msk.nii.gz", mask(ISLES_LESIONS[case]), (2.0, 2.0, 4.0))
+            save(der / f"{case}_ses-0001_msk.nii.gz", mask(ISLES_LESIONS[case]), zooms=(2.0, 2.0, 4.0))
 
 
 # --- ATLAS v2.0 ---------------------------------------------------------------------------------------------
@@ -92,15 +93,15 @@ def write_atlas_v2(raw: Path) -> None:
     root.mkdir(parents=True)
     (root / "20220425_ATLAS_2.0_MetaData.xlsx").write_bytes(b"PK\x03\x04")
     (root / "20211112_ATLAS_2.0_SupplementaryInfo.csv").write_text("Subject ID,Site\n", encoding="utf-8")
-    save(root / "MNI152NLin2009aSym.nii.gz", brain(99), (1.0, 1.0, 1.0))
+    save(root / "MNI152NLin2009aSym.nii.gz", brain(99), zooms=(1.0, 1.0, 1.0))
     for n, ((site, sub), boxes) in enumerate(ATLAS_LESIONS.items()):
         anat = root / "Training" / site / sub / "ses-1" / "anat"
-        save(anat / f"{sub}_{ATLAS_T1}", brain(n), (1.0, 1.0, 1.0))
-        save(anat / f"{sub}_{ATLAS_MASK}", mask(boxes, np.float32), (1.0, 1.0, 1.0))  # float-stored 0/1
+        save(anat / f"{sub}_{ATLAS_T1}", brain(n), zooms=(1.0, 1.0, 1.0))
+        save(anat / f"{sub}_{ATLAS_MASK}", mask(boxes, np.float32), zooms=(1.0, 1.0, 1.0))  # float-stored 0/1
         sidecar(anat / f"{sub}_ses-1_space-MNI152NLin2009aSym_T1w.json", Modality="MR")
     # the test release: T1w only, masks withheld: not a case of this spec
     test_anat = root / "Testing" / "R002" / "sub-r002s001" / "ses-1" / "anat"
-    save(test_anat / f"sub-r002s001_{ATLAS_T1}", brain(50), (1.0, 1.0, 1.0))
+    save(test_anat / f"sub-r002s001_{ATLAS_T1}", brain(50), zooms=(1.0, 1.0, 1.0))
 
 
 WRITERS = {"isles22": write_isles22, "atlas_v2": write_atlas_v2}

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from corpus_utils import frames_of, items_of
+from layouts import save_image as _save
 from PIL import Image
 from scipy import ndimage
 
@@ -26,11 +27,6 @@ def _rect(*boxes: tuple[int, int, int, int]) -> np.ndarray:
     for r0, r1, c0, c1 in boxes:
         m[r0:r1, c0:c1] = True
     return m
-
-
-def _save(path: Path, arr: np.ndarray, **kw) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, **kw)
 
 
 def _photo(seed: int) -> np.ndarray:

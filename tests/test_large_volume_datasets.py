@@ -5,11 +5,12 @@ labels checked against the TotalSegmentator package's own class map. No mocks, n
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from corpus_utils import discovery_notes, frames_of, items_of, totalsegmentator_class_map
+from layouts import save_nifti
 from scipy import ndimage
 
 from medpclip.specs import resolve_spec
@@ -17,9 +18,7 @@ from medpclip.specs import resolve_spec
 SHAPE = (16, 12, 4)
 
 
-def _save(path: Path, data: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 3.0, 1.0])), path)
+_save = functools.partial(save_nifti, zooms=(1.5, 1.5, 3.0))
 
 
 def test_totalsegmentator_mri_labels_are_the_packages_class_map():

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from corpus_utils import frames_of, items_of
+from layouts import save_image as _save
 from PIL import Image
 
 from medpclip.frame import ReadError
@@ -35,11 +36,6 @@ def _u8(mask: np.ndarray) -> np.ndarray:
 
 def _photo(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(20, 230, (H, W, 3), dtype=np.uint8)
-
-
-def _save(path: Path, arr: np.ndarray, **kw) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, **kw)
 
 
 ONE = _rect((6, 22, 8, 28))  # 320 px

@@ -17,10 +17,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 from corpus_utils import frames_of, items_of
+from layouts import APPLEDOUBLE
+from layouts import save_nifti as save
 
 from medpclip.frame import SourceFile
 from medpclip.regions import extract_regions, min_area
@@ -28,7 +29,6 @@ from medpclip.specs import resolve_spec
 from medpclip.text.kb import concept_for_label
 
 SHAPE = (16, 12, 4)
-APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "
 
 # spec → the task as shipped: folder, dataset.json name/modality/labels, numTraining the spec's stats
 # give, the fixture's case ids (training in the index's own unsorted order; test), the phantom
@@ -97,18 +97,6 @@ def phantom(task: dict, dtype=np.uint8) -> np.ndarray:
         for box in boxes:
             lab[box] = value
     return lab
-
-
-def save(path: Path, data: np.ndarray, axcodes: str = "RAS") -> None:
-    """Store canonical ``data`` in the axis order ``axcodes`` with the matching affine."""
-    img = nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.5, 1.0]))
-    if axcodes != "RAS":
-        ornt = nib.orientations.ornt_transform(
-            nib.orientations.axcodes2ornt(tuple("RAS")), nib.orientations.axcodes2ornt(tuple(axcodes))
-        )
-        img = img.as_reoriented(ornt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, path)
 
 
 def write_task(raw: Path, task: dict) -> None:

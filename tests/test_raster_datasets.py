@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from corpus_utils import as_from_json, items_of
+from layouts import save_image as _save
 from PIL import Image
 from scipy import ndimage
 
@@ -49,11 +50,6 @@ def _grey_rgb(seed: int) -> np.ndarray:
     """A greyscale picture stored as RGB (equal channels), as BUSI and some CXR PNGs are."""
     g = np.random.default_rng(seed).integers(0, 255, (H, W), dtype=np.uint8)
     return np.stack([g, g, g], axis=-1)
-
-
-def _save(path: Path, arr: np.ndarray, **kw) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, **kw)
 
 
 def _text(path: Path, text: str) -> None:

@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from corpus_utils import discovery_notes, frames_of, items_of, totalsegmentator_class_map
+from layouts import junk
+from layouts import save_nifti as save
 from scipy import ndimage
 
 from medpclip.corpus.build import build_corpus
@@ -30,7 +32,6 @@ from medpclip.specs import DatasetSpec, SpecError, parse_spec, resolve_spec, res
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 SHAPE = (24, 20, 6)
-APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "
 SPECS = [
     "msd_liver", "msd_spleen", "msd_brain_tumour", "msd_prostate", "btcv", "amos22", "kits23",
     "totalsegmentator", "brats2021", "brats2023", "acdc", "flare22",
@@ -74,27 +75,8 @@ def mr_image(labels: np.ndarray, base: int, seed: int) -> np.ndarray:
     return (base + 40 * labels.astype(np.int16) + rng.integers(0, 30, labels.shape)).astype(np.int16)
 
 
-def save(path: Path, data: np.ndarray, axcodes: str = "RAS", zooms=(1.0, 1.0, 2.5)) -> nib.Nifti1Image:
-    """Store canonical ``data`` in the axis order ``axcodes`` with the matching affine (as scanners and
-    converters do); 4D data keeps its extra axis last."""
-    img = nib.Nifti1Image(data, np.diag([*zooms, 1.0]))
-    if axcodes != "RAS":
-        ornt = nib.orientations.ornt_transform(
-            nib.orientations.axcodes2ornt(tuple("RAS")), nib.orientations.axcodes2ornt(tuple(axcodes))
-        )
-        img = img.as_reoriented(ornt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, path)
-    return img
-
-
 def display(volume: np.ndarray, k: int) -> np.ndarray:
     return volume[:, :, k].T[::-1, ::-1]
-
-
-def junk(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(APPLEDOUBLE)
 
 
 # --- the datasets, in their publishers' layouts ------------------------------------------------------------
