@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from medpclip.corpus import schema
 from medpclip.corpus.plan import Plan, WorkUnit
-from medpclip.corpus.sample import make_sample
+from medpclip.corpus.sample import SampleParams, make_sample
 from medpclip.corpus.schema import reject_row
 from medpclip.corpus.shards import ShardInfo, ShardWriter
 from medpclip.corpus.split import assign_split, split_by_rule
@@ -31,6 +31,7 @@ from medpclip.fileio import atomic_write_json, load_json, sha256_file
 from medpclip.frame import Frame, ReadError, SourceItem
 from medpclip.sources import get_reader
 from medpclip.sources._common import inside_dataset
+from medpclip.sources.base import Reader
 from medpclip.specs import DatasetSpec
 
 log = logging.getLogger("medpclip.build")
@@ -98,8 +99,10 @@ def run_unit(unit: WorkUnit) -> dict[str, Any]:
     remove_unit_outputs(out, unit.dataset, unit.unit)
     spec = DatasetSpec.model_validate_json(unit.spec_json)
     acc = _UnitRows(spec.name, unit.unit)
+    reader, params = get_reader(spec.format.family), unit.params.sample_params()
+    forced = dict(unit.forced_splits)  # duplicate overrides of this unit's patients (corpus.split)
     for item in unit.items:
-        _run_item(unit, spec, item, acc)
+        _run_item(unit, spec, item, acc, reader, params, forced)
     stats = _write_unit(unit, spec, acc)
     fault_point("unit.marker")
     atomic_write_json(marker, stats)  # last: the unit is done
@@ -158,7 +161,15 @@ def _checked_files(raw_root: Path, item: SourceItem) -> tuple[list[dict[str, Any
     return files, None, ""
 
 
-def _run_item(unit: WorkUnit, spec: DatasetSpec, item: SourceItem, acc: _UnitRows) -> None:
+def _run_item(
+    unit: WorkUnit,
+    spec: DatasetSpec,
+    item: SourceItem,
+    acc: _UnitRows,
+    reader: Reader,
+    params: SampleParams,
+    forced: dict[str, str],
+) -> None:
     """One case: its files checked, its frames harmonised, then all its samples written, or one reject."""
     raw_root = Path(unit.raw_root)
     case_hash = schema.hash_id(unit.params.id_salt, spec.name, item.case_id)
@@ -177,16 +188,16 @@ def _run_item(unit: WorkUnit, spec: DatasetSpec, item: SourceItem, acc: _UnitRow
             spec.name,
             item.patient_id,
             item.official_split,
-            dict(unit.forced_splits).get(patient_hash),
+            forced.get(patient_hash),
         )
         case_samples, case_regions, case_drops, empty, n_frames = _harmonise_case(
-            get_reader(spec.format.family),
+            reader,
             spec,
             raw_root,
             item,
             split,
             record_files,
-            unit.params.sample_params(),
+            params,
             unit.unit,
         )
     except ReadError as e:
