@@ -15,6 +15,11 @@ from medpclip.sources.base import Glob, Options, ReaderOptions, compile_regex, l
 from medpclip.vocab import Modality, Split
 
 PLACEHOLDER_RE = re.compile(r"\{([a-z]+)\}")
+# Image suffixes the reader knows (NIfTI/Analyze/MGH by nibabel, MetaImage/NRRD by SimpleITK), and the data
+# files of detached MetaImage/NRRD headers (``.mhd`` → ``.raw``/``.zraw``), which are never an image or label.
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".img", ".hdr", ".mha", ".mhd", ".nrrd", ".nhdr")
+DATA_SUFFIXES = (".raw", ".zraw")
+_FILE_PATTERNS = ("images", "image", "labels", "masks")
 
 
 class ModalityRange(Options):
@@ -83,6 +88,12 @@ class VolumeLayout(ReaderOptions):
                 raise ValueError(f"'{name}' cannot use {bad} here (allowed: {sorted(ok) or 'none'})")
             if "sequence" in used and not self.sequence:
                 raise ValueError(f"'{name}' uses {{sequence}}: set option 'sequence' (e.g. flair)")
+            value = getattr(self, name) or ""
+            if name in _FILE_PATTERNS and value.lower().endswith(DATA_SUFFIXES):
+                raise ValueError(
+                    f"'{name}' names {value.rsplit('.', 1)[-1]} data files: name their .mhd/.nhdr header "
+                    f"instead (a data file has no geometry)"
+                )
         return self
 
 

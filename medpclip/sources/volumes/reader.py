@@ -1,5 +1,5 @@
-"""NIfTI volume family: a 3D (or 4D) image per case, annotated by one integer label volume on the same grid or
-by one binary mask volume per structure.
+"""Volume family (NIfTI, MetaImage, NRRD): a 3D (or 4D) image per case, annotated by one integer label volume on
+the same grid or by one binary mask volume per structure.
 
 Layouts (``spec.format.options.layout``) say how cases are found:
 
@@ -15,11 +15,14 @@ Layouts (``spec.format.options.layout``) say how cases are found:
 - ``cases`` — one case per folder: ``cases`` (a glob of folders; the folder name, or ``case_regex``'s group
   ``case`` on it, is the case id), ``image`` and ``labels`` or ``masks`` (patterns).
 
-Pattern placeholders: ``{case}``; ``{stem}`` (pairs: the image file name without ``.nii.gz``/``.nii``);
-``{dir}`` (the image's folder in pairs, the case folder in cases, relative to the dataset folder);
-``{sequence}`` (option ``sequence``: which per-sequence file of a multi-file MR case to read, e.g. BraTS
-``flair``); ``{label}`` (masks: a spec ``label`` string). A pattern ending ``.nii.gz`` also finds ``.nii`` and
-vice versa (BraTS 2020 ships one segmentation as ``.nii``).
+Pattern placeholders: ``{case}``; ``{stem}`` (pairs: the image file name without its image suffix,
+``.nii.gz``/``.nii``/``.mha``/``.mhd``/``.nrrd``/``.nhdr``); ``{dir}`` (the image's folder in pairs, the case
+folder in cases, relative to the dataset folder); ``{sequence}`` (option ``sequence``: which per-sequence file
+of a multi-file MR case to read, e.g. BraTS ``flair``); ``{label}`` (masks: a spec ``label`` string). A pattern
+ending ``.nii.gz`` also finds ``.nii`` and vice versa (BraTS 2020 ships one segmentation as ``.nii``), and
+likewise ``.mhd`` ↔ ``.mha`` and ``.nrrd`` ↔ ``.nhdr`` (the same image, header detached or not). The data file
+of a detached header (``Case00.raw``/``.zraw`` beside ``Case00.mhd``) is never an image or label: globs skip
+it and a pattern naming one is refused when the spec loads.
 
 Annotations:
 
@@ -49,8 +52,12 @@ More options:
 - ``modality_by_id`` — ``regex`` (group ``id``) over the case id and ``ranges`` of ``{first, last,
   modality}``: mixed-modality datasets (AMOS22: ids up to 500 are CT, above are MR). Sets ``Frame.modality``.
 
-Reading: nibabel. CT cases are handed over in HU (``intensity="hu"``, windowed by the spec), every other
-modality as ``raw`` (percentile-normalised with the spec's ``intensity.low``/``high``). Image and
+Reading: NIfTI (and Analyze, MGH) with nibabel; MetaImage (``.mha``, ``.mhd`` + ``.raw``/``.zraw``) and NRRD
+(``.nrrd``, ``.nhdr``) with SimpleITK (``itk_images.py``), as an image in nibabel's ``(x, y, z[, c])`` order with
+the RAS affine of ITK's spacing, origin and direction (ITK's LPS with its first two rows flipped), so both kinds
+take the same path from here on; a header ITK cannot parse, or a data file missing or shorter than its header
+says, is ``unreadable_image``. CT cases are handed over in HU (``intensity="hu"``, windowed by the spec),
+every other modality as ``raw`` (percentile-normalised with the spec's ``intensity.low``/``high``). Image and
 annotation volumes must share grid shape and axis codes (``shape_mismatch``, ``geometry_mismatch``); both are
 reoriented to RAS+ with the image's affine, so files stored LPS, or slices-first like KiTS, are sliced along
 the true axes, and cut into display slices along every plane of ``spec.slicing``.
@@ -87,7 +94,9 @@ from medpclip.sources._common import (
     sorted_items,
     strip_dot,
 )
+from medpclip.sources.volumes.itk_images import is_data_file, is_itk, load_itk
 from medpclip.sources.volumes.options import (
+    IMAGE_SUFFIXES,
     PLACEHOLDER_RE,
     CaseVolumes,
     MsdVolumes,
@@ -97,7 +106,11 @@ from medpclip.sources.volumes.options import (
 )
 from medpclip.specs import DatasetSpec
 
-_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".img", ".hdr")
+_SUFFIXES = IMAGE_SUFFIXES
+# a pattern naming one of these also finds the other (the same image, compressed or not / header attached or
+# detached): ``_resolve``
+_VARIANTS = ((".nii.gz", ".nii"), (".nii", ".nii.gz"), (".mhd", ".mha"), (".mha", ".mhd"), (".nrrd", ".nhdr"),
+             (".nhdr", ".nrrd"))  # fmt: skip
 _SPLIT_WORDS = {
     "train": "train",
     "training": "train",
@@ -113,8 +126,9 @@ _PLANE_AXIS = {"sa": 0, "co": 1, "ax": 2}
 
 
 def file_stem(name: str) -> str:
+    """The file name without its image suffix (``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, …)."""
     for suffix in _SUFFIXES:
-        if name.endswith(suffix):
+        if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return PurePosixPath(name).stem
 
@@ -301,12 +315,18 @@ def _pair_cases(spec: DatasetSpec, root: Path, opts: PairVolumes) -> list[_Case]
         # with annotation_dirs, {dir} is one of those folders: `{dir}/{stem}.nii.gz` must not match images
         for folder in sorted(set(opts.annotation_dirs.values())) or [None]:
             label_glob = _to_glob(_fill(opts.labels, sequence=opts.sequence, dir=folder))
-            label_files |= {p.relative_to(root).as_posix() for p in glob_files(root, label_glob)}
+            label_files |= {
+                p.relative_to(root).as_posix()
+                for p in glob_files(root, label_glob)
+                if not is_data_file(p.name)
+            }
     out: list[_Case] = []
     used: set[str] = set()
     for path in glob_files(root, _fill(opts.images, sequence=opts.sequence)):
         rel = path.relative_to(root).as_posix()
         if rel in label_files:  # images and labels in one folder: a label is not a case
+            continue
+        if is_data_file(path.name):  # Case00.raw beside Case00.mhd: the header's voxels, not an image
             continue
         stem = file_stem(path.name)
         case = _case_of(stem, opts.case_regex)
@@ -482,16 +502,15 @@ def _to_regex(pattern: str) -> re.Pattern[str]:
 
 
 def _resolve(root: Path, rel: str) -> str:
-    """``x.nii.gz`` ↔ ``x.nii``: the variant that exists, else the path as given (to be rejected at read)."""
+    """``x.nii.gz`` ↔ ``x.nii``, ``x.mhd`` ↔ ``x.mha``, ``x.nrrd`` ↔ ``x.nhdr``: the variant that exists, else
+    the path as given (to be rejected at read)."""
     if (root / rel).is_file():
         return rel
-    if rel.endswith(".nii.gz"):
-        alt = rel[: -len(".gz")]
-    elif rel.endswith(".nii"):
-        alt = rel + ".gz"
-    else:
-        return rel
-    return alt if (root / alt).is_file() else rel
+    for suffix, other in _VARIANTS:
+        if rel.lower().endswith(suffix):
+            alt = rel[: -len(suffix)] + other
+            return alt if (root / alt).is_file() else rel
+    return rel
 
 
 # --- read --------------------------------------------------------------------------------------------------
@@ -568,6 +587,8 @@ def _same_axes(axes: tuple, img: nib.spatialimages.SpatialImage, rel: str) -> No
 
 def _load(raw_root: Path, rel: str) -> nib.spatialimages.SpatialImage:
     path = existing(raw_root, rel)
+    if is_itk(rel) or is_data_file(rel):  # MetaImage / NRRD: SimpleITK, as a NIfTI image in RAS
+        return load_itk(path, rel)
     try:
         return nib.load(path)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as e:
