@@ -8,6 +8,8 @@ DEMO   ?= demo
 WHEELS := .cache/wheels
 TS_VERSION := 2.18.0
 TS_WHEEL := $(WHEELS)/totalsegmentator-$(TS_VERSION)-py3-none-any.whl
+XRV_VERSION := 1.5.7
+XRV_WHEEL := $(WHEELS)/torchxrayvision-$(XRV_VERSION)-py3-none-any.whl
 export PYTHONHASHSEED := 0
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED := 0
@@ -15,7 +17,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: setup browser demo test test-fast bench lint clean
 
-setup: $(STAMP) $(TS_WHEEL)
+setup: $(STAMP) $(TS_WHEEL) $(XRV_WHEEL)
 
 # torch first, from this machine's local files, then everything else pinned by constraints.txt with the same
 # torch pin repeated so nothing pulls another build (README, "Operations").
@@ -31,6 +33,11 @@ $(STAMP): pyproject.toml constraints.txt
 # reads class_map["total"] from its map_to_binary.py to check the totalsegmentator spec's labels.
 $(TS_WHEEL): | $(STAMP)
 	$(PIP) download -qq --no-deps --only-binary :all: TotalSegmentator==$(TS_VERSION) -d $(WHEELS)
+
+# The torchxrayvision wheel, never installed: it ships IU X-ray's report XMLs (data/NLMCXR_reports.tgz), which
+# tests/test_report_language.py and bench/bench_reports.py score the report linker on (ids <= 2000 only).
+$(XRV_WHEEL): | $(STAMP)
+	$(PIP) download -qq --no-deps --only-binary :all: torchxrayvision==$(XRV_VERSION) -d $(WHEELS)
 
 demo: setup
 	$(VENV)/bin/medpclip demo-data $(DEMO)/raw
@@ -52,7 +59,14 @@ test: setup browser
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-bench: setup
+# medspaCy, the report benchmark's anchor (bench/anchors/medspacy_context.py), in a venv of its own: it pins
+# its own spaCy. Bench-only; the project never imports it.
+MEDSPACY_VENV := .cache/medspacy-venv
+$(MEDSPACY_VENV)/bin/python:
+	$(PYTHON) -m venv $(MEDSPACY_VENV)
+	$(MEDSPACY_VENV)/bin/pip install -qq medspacy==1.3.1 spacy==3.7.5
+
+bench: setup $(MEDSPACY_VENV)/bin/python
 	$(PY) -m bench.run_all
 
 lint: setup

@@ -1,11 +1,12 @@
 """`make bench`: every benchmark in this folder, one after the other (never in parallel: shared cores), then
-the projection that combines their results. About 6 minutes on the 2-core machine once the generated data
+the projection that combines their results. About 7 minutes on the 2-core machine once the generated data
 is cached (first run: + ~3 min of CT volumes for build/scaling, + ~3 min of warehouse manifests, 1.1 GB)."""
 
 from bench import (
     bench_build,
     bench_harmonize,
     bench_loader,
+    bench_reports,
     bench_scaling,
     bench_warehouse,
     projection,
@@ -19,5 +20,6 @@ if __name__ == "__main__":
     bench_loader.main()
     bench_loader.main(rounds=3, corpus="ct")
     text_throughput.main()
+    bench_reports.main()
     bench_warehouse.main()
     projection.main()

@@ -424,7 +424,8 @@ def link(
     text: Annotated[str, typer.Argument(help="a report, a sentence, any text")],
     fmt: Annotated[str, typer.Option("--format", help="table | json")] = "table",
 ) -> None:
-    """The concepts the report pipeline finds in a text: span, CUI, name, semantic types, negation.
+    """The concepts the report pipeline finds in a text: span, CUI, name, semantic types, assertion
+    (positive, negated or uncertain), side.
 
     Uses the concept KB offline; MEDPCLIP_LINKER=umls and MEDPCLIP_SPACY_MODEL switch to scispacy's UMLS
     linker and a scispacy model where they are installed.
@@ -453,7 +454,7 @@ def link(
     table.add_column("concept", no_wrap=True)
     table.add_column("name", overflow="fold")
     table.add_column("types", overflow="fold")
-    table.add_column("negated", no_wrap=True)
+    table.add_column("assertion", no_wrap=True)
     table.add_column("side", no_wrap=True)
     for m in linked.mentions:
         table.add_row(
@@ -462,7 +463,7 @@ def link(
             m.concept_id,
             m.name,
             ",".join(m.semantic_types),
-            "yes" if m.negated else "no",
+            m.assertion,
             m.laterality or "-",
         )
     console.print(table)

@@ -61,6 +61,7 @@ class Drop:
     label: str
     reason: str  # stable code: below_min_area, unknown_label_value, invalid_box, box_outside_image, …
     detail: str
+    stage: str = "region"  # "frame" for what concerns the whole frame (a truncated report)
 
 
 # --- primitives ---------------------------------------------------------------------------------------------

@@ -35,9 +35,11 @@ def test_pipeline_is_the_documented_one(pipeline):
     assert pipeline.pipe_names == [
         "sentencizer",
         "entity_ruler",
+        "medpclip_report_phrases",
         "abbreviation_detector",
         "medpclip_abbreviation_concepts",
         "negex",
+        "uncertainty",
         "scispacy_linker",
     ]
     linker = pipeline.get_pipe("scispacy_linker")

@@ -210,7 +210,10 @@ def make_sample(
     ]
 
     found, drops = _frame_regions(frame, spec, params, key, label_map, masks, (out_h, out_w), (sy, sx))
-    linked_report = prompts.link_report(frame.report) if frame.report else None
+    report_text, truncated = prompts.bounded_report(frame.report)
+    if truncated:
+        drops.append(regions.Drop("report", "report_truncated", truncated, stage="frame"))
+    linked_report = prompts.link_report(report_text) if report_text else None
     region_records = _region_records(found, drops, spec, frame, modality, key, linked_report)
 
     if not region_records and not spec.slicing.keep_empty:
@@ -255,9 +258,7 @@ def make_sample(
         ),
         "image_labels": image_labels,
         "report": (
-            {"text": frame.report, "concepts": prompts.report_concepts(linked_report)}
-            if frame.report
-            else None
+            {"text": report_text, "concepts": prompts.report_concepts(linked_report)} if report_text else None
         ),
         "regions": region_records,
     }

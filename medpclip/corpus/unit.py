@@ -325,7 +325,7 @@ def _harmonise_case(reader, spec, raw_root, item, split, record_files, sample_pa
             frame, spec, sample_params, key=key, split=split, source_files=record_files
         )
         drops.extend(
-            reject_row(spec.name, unit_no, "region", d.reason, d.detail, item.files[0].path, key, d.label)
+            reject_row(spec.name, unit_no, d.stage, d.reason, d.detail, item.files[0].path, key, d.label)
             for d in frame_drops
         )
         if sample is None:

@@ -3,9 +3,17 @@
 Default pipeline (everything offline, no trained model):
 
     blank English → sentencizer → entity_ruler (KB names and aliases, case-insensitive, plus plurals;
-    abbreviations case-sensitive) → scispacy abbreviation_detector → abbreviation concepts (a short form
-    defined in the text inherits its long form's concept) → negspacy negex (radiology terms) →
+    abbreviations case-sensitive) → report phrases (descriptions, derived forms and side-fused words from
+    ``text/data/report_phrases.yaml``, see :mod:`medpclip.text.phrases`) → scispacy abbreviation_detector →
+    abbreviation concepts (a short form defined in the text inherits its long form's concept) → negspacy
+    negex (radiology negation terms) → negspacy negex again with hedge terms (``uncertainty``) →
     scispacy EntityLinker over the KB
+
+Each mention gets an ``assertion`` (CheXpert/NegBio's three categories): ``uncertain`` when a hedge cue
+scopes over it ('cannot exclude early edema', 'may represent atelectasis', 'possible small effusion'),
+else ``negated`` when a negation cue does, else ``positive``. A negation cue ends a hedge's scope and a
+hedge cue ends a negation's ('no pneumothorax, possible small effusion'). ``negated`` stays on the mention
+for compatibility and is ``assertion == "negated"``.
 
 The ruler finds exact KB names (and knows their concept); the linker resolves every mention against the
 KB: a mention that is exactly a KB name directly, anything else through the KB's char-3-gram TF-IDF +
@@ -28,6 +36,7 @@ from functools import lru_cache
 from typing import Any
 
 from medpclip.text.kb import Concept, ConceptKB, linker_paths, load_kb, normalize, plural
+from medpclip.text.phrases import SIDE_EXTENSION
 
 LINKER_ENV = "MEDPCLIP_LINKER"
 MODEL_ENV = "MEDPCLIP_SPACY_MODEL"
@@ -84,6 +93,10 @@ NEG_TERMS: dict[str, list[str]] = {
         "ruled out",
         "is unlikely",
         "not evident",
+        "within normal limits",
+        "within limits of normal",
+        "within the limits of normal",
+        "within normal range",
     ],
     "pseudo_negations": [
         "not resolved",
@@ -105,8 +118,116 @@ NEG_TERMS: dict[str, list[str]] = {
         "without change",
         "no interval change in",
     ],
-    "termination": ["there is", "there are", "there has been", "with interval", "consistent with"],
+    "termination": ["there is", "there are", "there has been", "with interval", "consistent with", ";"],
 }
+
+# Hedge cues, run through negspacy's NegEx as a second pass (extension ``uncertain``): the phrase sets of
+# the CheXpert labeler's and NegBio's uncertainty rules, written as NegEx trigger lists.
+HEDGE_TERMS: dict[str, list[str]] = {
+    "preceding_negations": [
+        "possible",
+        "possibly",
+        "probable",
+        "probably",
+        "likely",
+        "may",
+        "might",
+        "could",
+        "can not exclude",
+        "cannot exclude",
+        "cannot rule out",
+        "can not rule out",
+        "can't exclude",
+        "not excluding",
+        "questionable",
+        "question of",
+        "suspicious for",
+        "suspected",
+        "suspect",
+        "concerning for",
+        "worrisome for",
+        "suggestive of",
+        "suggests",
+        "suggesting",
+        "differential includes",
+        "differential diagnosis",
+        "equivocal",
+        "indeterminate",
+        "versus",
+        "vs",
+        "vs.",
+        "presumed",
+        "presumably",
+        "perhaps",
+        "uncertain",
+        "difficult to exclude",
+        "not entirely excluded",
+        "question",
+        "to identify",
+        "to exclude",
+        "to rule out",
+        "evaluate for",
+        "evaluation for",
+        "assess for",
+    ],
+    "following_negations": [
+        "is possible",
+        "are possible",
+        "not excluded",
+        "is not excluded",
+        "are not excluded",
+        "cannot be excluded",
+        "can not be excluded",
+        "cannot be ruled out",
+        "can not be ruled out",
+        "not ruled out",
+        "difficult to exclude",
+        "is suspected",
+        "are suspected",
+        "is likely",
+        "are likely",
+        "is questioned",
+        "may not be",
+        "versus",
+        "vs",
+        "vs.",
+        "?",
+    ],
+    "pseudo_negations": ["no change", "not likely", "without change", "no interval change"],
+    "termination": [
+        "but",
+        "however",
+        "although",
+        "though",
+        "yet",
+        "except",
+        "aside from",
+        "apart from",
+        "which is",
+        "no",
+        "without",
+        "negative for",
+        "there is",
+        "there are",
+        ";",
+    ],
+}
+# A hedge cue ends a negation's scope: 'no pneumothorax, possible small effusion'.
+_HEDGES_ENDING_NEGATION = [
+    "possible",
+    "possibly",
+    "probable",
+    "probably",
+    "likely",
+    "may",
+    "might",
+    "could",
+    "questionable",
+    "suspicious for",
+    "concerning for",
+    "suggestive of",
+]
+ASSERTIONS = ("positive", "negated", "uncertain")
 _SIDE_WORDS = {
     "left": "left",
     "right": "right",
@@ -133,10 +254,11 @@ class Mention:
     name: str
     semantic_types: tuple[str, ...]
     category: str
-    negated: bool
+    negated: bool  # assertion == "negated"; kept for records written before ``assertion``
     laterality: str | None
     score: float
     long_form: str | None = None
+    assertion: str = "positive"  # positive | negated | uncertain
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -193,12 +315,23 @@ def ruler_patterns(nlp, kb: ConceptKB) -> list[dict[str, Any]]:
 def _negex_termset() -> dict[str, list[str]]:
     """negspacy's en_clinical terms plus ours, sorted so every build matches in the same order.
 
-    Built from a copy: ``termset.add_patterns`` would edit negspacy's module-level lists in place.
+    Built from a copy: ``termset.add_patterns`` would edit negspacy's module-level lists in place. The
+    hedge cues end a negation's scope (a hedge cue is never itself a negation).
     """
     from negspacy.termsets import termset
 
     base = termset("en_clinical").get_patterns()
-    return {k: sorted(set(base[k]) | set(NEG_TERMS.get(k, []))) for k in base}
+    out = {k: set(base[k]) | set(NEG_TERMS.get(k, [])) for k in base}
+    out["termination"] |= set(_HEDGES_ENDING_NEGATION)
+    hedges = set(HEDGE_TERMS["preceding_negations"]) | set(HEDGE_TERMS["following_negations"])
+    # en_clinical lists a few hedges as negations ('rule out', 'r/o'): those are the uncertainty pass's
+    out["preceding_negations"] -= hedges
+    out["following_negations"] -= hedges
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _hedge_termset() -> dict[str, list[str]]:
+    return {k: sorted(set(v)) for k, v in HEDGE_TERMS.items()}
 
 
 def _register_medpclip_linker(kb: ConceptKB) -> None:
@@ -294,6 +427,7 @@ def build_pipeline(linker: str | None = None, model: str | None = None, kb: Conc
     if linker not in (LINKER_NAME, "umls"):
         raise ValueError(f"unknown linker '{linker}' (use '{LINKER_NAME}' or 'umls')")
     kb = kb or load_kb()
+    _register_factories()
 
     if model:
         try:
@@ -307,6 +441,8 @@ def build_pipeline(linker: str | None = None, model: str | None = None, kb: Conc
     if not nlp.has_pipe("ner"):
         ruler = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "LOWER", "validate": False})
         ruler.add_patterns(ruler_patterns(nlp, kb))
+        _KBS[kb.sha256] = kb
+        nlp.add_pipe("medpclip_report_phrases", config={"kb_sha256": kb.sha256})
     nlp.add_pipe("abbreviation_detector")
     if not Language.has_factory("medpclip_abbreviation_concepts"):
         Language.component("medpclip_abbreviation_concepts", func=_abbreviation_concepts)
@@ -314,6 +450,11 @@ def build_pipeline(linker: str | None = None, model: str | None = None, kb: Conc
     # With a trained NER every entity is 'ENTITY': negate them all.
     ent_types = None if nlp.has_pipe("ner") else list(NEGATABLE)
     nlp.add_pipe("negex", config={"neg_termset": _negex_termset(), "ent_types": ent_types})
+    nlp.add_pipe(
+        "negex",
+        name="uncertainty",
+        config={"neg_termset": _hedge_termset(), "ent_types": ent_types, "extension_name": "uncertain"},
+    )
     if linker == LINKER_NAME:
         _register_medpclip_linker(kb)
     nlp.add_pipe(
@@ -334,6 +475,25 @@ def build_pipeline(linker: str | None = None, model: str | None = None, kb: Conc
     )
     nlp.meta["medpclip"] = {"linker": linker, "model": model or "blank:en", "kb_sha256": kb.sha256}
     return nlp
+
+
+_KBS: dict[str, ConceptKB] = {}  # KB by sha256, for the phrase component's factory
+
+
+def _make_report_phrases(nlp, name: str, kb_sha256: str):
+    from medpclip.text.phrases import ReportPhrases, load_phrases
+
+    kb = _KBS.get(kb_sha256) or load_kb()
+    return ReportPhrases(nlp, kb, load_phrases(kb))
+
+
+def _register_factories() -> None:
+    from spacy.language import Language
+
+    if not Language.has_factory("medpclip_report_phrases"):
+        Language.factory(
+            "medpclip_report_phrases", default_config={"kb_sha256": ""}, func=_make_report_phrases
+        )
 
 
 @lru_cache(maxsize=4)
@@ -385,10 +545,17 @@ def _side_after(ent) -> str | None:
 
 
 def _laterality(ent, concept: Concept | None) -> str | None:
-    """Side of a mention: the concept's own (left kidney), else one stated right after it, else the
-    nearest side word in the four tokens before it ('small left pleural effusion')."""
+    """Side of a mention: the concept's own (left kidney), else the one its words state (dextroscoliosis,
+    'blunting of the left costophrenic angle'), else one stated right after it, else the nearest side word in the four tokens before it ('small left
+    pleural effusion')."""
     if concept is not None and concept.laterality:
         return concept.laterality
+    fused = ent._.get(SIDE_EXTENSION) if ent.has_extension(SIDE_EXTENSION) else None
+    if fused:
+        return fused
+    inside = [_SIDE_WORDS[t.lower_] for t in ent if t.lower_ in _SIDE_WORDS and len(t) > 1]
+    if inside:  # a description that holds its side: 'calcified left suprahilar lymph node'
+        return inside[0]
     after = _side_after(ent)
     if after:
         return after
@@ -436,6 +603,7 @@ def mentions_of(doc, kb: ConceptKB | None = None) -> list[Mention]:
         concept_id, cui, name, types, category, score = info
         concept = kb.by_id.get(concept_id)
         long_form = ent._.long_form.text if ent._.long_form is not None else None
+        assertion = _assertion(ent)
         out.append(
             Mention(
                 text=ent.text,
@@ -447,13 +615,22 @@ def mentions_of(doc, kb: ConceptKB | None = None) -> list[Mention]:
                 name=name,
                 semantic_types=tuple(types),
                 category=category,
-                negated=bool(ent._.negex),
+                negated=assertion == "negated",
                 laterality=_laterality(ent, concept),
                 score=round(score, 4),
                 long_form=long_form,
+                assertion=assertion,
             )
         )
     return out
+
+
+def _assertion(ent) -> str:
+    """CheXpert's order: a hedge over a mention makes it uncertain even where a negation also reaches it
+    ('no definite pneumonia, cannot exclude …')."""
+    if ent.has_extension("uncertain") and ent._.uncertain:
+        return "uncertain"
+    return "negated" if ent._.negex else "positive"
 
 
 _UMLS_KB: dict[int, Any] = {}  # vocab id → scispacy KB, for pipelines built with the UMLS linker
@@ -485,8 +662,13 @@ def link(text: str, nlp=None) -> LinkedText:
     """The concepts in one text (a report, a sentence)."""
     nlp = nlp or get_pipeline()
     _register_umls_kb(nlp)
+    text = normalize_whitespace(text)
+    if len(text) > nlp.max_length:
+        raise ValueError(
+            f"text is {len(text):,} characters, over the pipeline's {nlp.max_length:,}: link it in parts"
+        )
     with _quiet_warnings():
-        return _linked(nlp(normalize_whitespace(text)), load_kb())
+        return _linked(nlp(text), load_kb())
 
 
 def link_many(texts: list[str], nlp=None, batch_size: int = 256) -> list[LinkedText]:
@@ -505,6 +687,7 @@ def normalize_whitespace(text: str) -> str:
 
 
 __all__ = [
+    "ASSERTIONS",
     "LINKER_ENV",
     "MODEL_ENV",
     "LinkedText",

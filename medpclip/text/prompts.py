@@ -2,11 +2,12 @@
 
 A region gets several texts, most specific first: its display name, its definition, a few texts drawn from
 templates × priors (synonyms, laterality, parent structure, category, modality, plane), and the report
-sentences that mention its concept without negating it. The draw is seeded by the sample key and label,
+sentences that state its concept as present (assertion ``positive``). The draw is seeded by the sample key and label,
 so the same region of the same sample always gets the same texts, on any machine.
 
-Report text is linked by :mod:`medpclip.text.nlp` (concepts with negation and laterality); a report is
-linked once per frame and shared by all its regions.
+Report text is linked by :mod:`medpclip.text.nlp` (concepts with assertion and laterality); a report is
+linked once per frame and shared by all its regions, after :func:`bounded_report` has cut one that is over
+the size limit (a ``report_truncated`` frame reject says so).
 """
 
 from __future__ import annotations
@@ -205,6 +206,23 @@ def caption(
 # --- reports ---------------------------------------------------------------------------------------------
 
 
+MAX_REPORT_CHARS = 32_768  # ~10x the longest real chest report; spaCy refuses texts over 1,000,000
+
+
+def bounded_report(text: str | None, limit: int = MAX_REPORT_CHARS) -> tuple[str | None, str | None]:
+    """(the report as the corpus keeps it, why it was cut or None). A report over ``limit`` characters is
+    cut at the last sentence end (else space) before the limit: a pasted log or a whole record in a report
+    field would otherwise cost the build minutes of linking, or spaCy's length error."""
+    if text is None or len(text) <= limit:
+        return text, None
+    head = text[:limit]
+    cut = max(head.rfind(". "), head.rfind("\n"))
+    if cut < limit // 2:
+        cut = head.rfind(" ")
+    kept = head[: cut + 1].rstrip() if cut > 0 else head
+    return kept, f"report is {len(text):,} characters, over the {limit:,} limit: kept the first {len(kept):,}"
+
+
 def link_report(text: str):
     """The report's sentences and concept mentions (negation, laterality), from the process's pipeline."""
     from medpclip.text.nlp import link
@@ -230,9 +248,10 @@ def region_report_evidence(linked, concept: Concept | None) -> tuple[list[str], 
     """(positive sentences about the concept, negated) for one region.
 
     A sentence counts when a mention in it is the region's concept, its parent or one of its children
-    ('the kidneys are small' is about the left kidney) and is not negated. ``negated`` is True when the
-    report mentions the concept only in negated form (the annotation and the report disagree; kept as
-    a flag for filtering, the region stays).
+    ('the kidneys are small' is about the left kidney) and its assertion is ``positive``: a hedged mention
+    ('may represent atelectasis') is neither evidence nor denial. ``negated`` is True when the report
+    mentions the concept only in negated form (the annotation and the report disagree; kept as a flag for
+    filtering, the region stays).
     """
     if linked is None or concept is None:
         return [], False
@@ -242,8 +261,8 @@ def region_report_evidence(linked, concept: Concept | None) -> tuple[list[str], 
     for m in linked.mentions:
         if m.concept_id not in kb.by_id or not kb.related(m.concept_id, concept.concept_id):
             continue
-        if m.negated:
+        if m.assertion == "negated":
             negatives += 1
-        elif m.sentence not in positive:
+        elif m.assertion == "positive" and m.sentence not in positive:
             positive.append(m.sentence)
     return [linked.sentences[i] for i in positive], bool(negatives and not positive)
