@@ -4,7 +4,7 @@ anchor side by side, and throughput.
 
     python -m bench.bench_reports [--split dev] [--medspacy-python .cache/medspacy-venv/bin/python]
 
-Rows, all on the same reports and the same findings map (bench/data/iu_xray_mesh_findings.yaml):
+Rows, all on the same reports and the same findings map (bench/iu_xray_mesh_findings.yaml):
 
 - ``medpclip``: the shipped pipeline (KB names, report phrases, negation and hedge passes);
 - ``before issue 16``: the same pipeline without the report phrases and the hedge pass (KB names and negex

@@ -7,7 +7,7 @@ reports above it are a hold-out that decides whether the linker generalises, and
 reads them unless asked for by name (``split="holdout"``).
 
 The text scored is what the corpus keeps (``reports.reader.openi_sections`` → FINDINGS then IMPRESSION).
-The truth is each report's ``MeSH/major`` terms through ``bench/data/iu_xray_mesh_findings.yaml`` (which
+The truth is each report's ``MeSH/major`` terms through ``bench/iu_xray_mesh_findings.yaml`` (which
 term means which finding, and which KB concepts count as finding it). A report predicts a finding when the
 linker finds one of the finding's concepts with ``assertion == "positive"``.
 """
@@ -28,7 +28,7 @@ import yaml
 from medpclip.sources.reports.reader import keep_sections, openi_sections
 
 ROOT = Path(__file__).resolve().parent.parent
-FINDINGS_MAP = ROOT / "bench" / "data" / "iu_xray_mesh_findings.yaml"
+FINDINGS_MAP = ROOT / "bench" / "iu_xray_mesh_findings.yaml"
 WHEELS = ROOT / ".cache" / "wheels"
 REPORTS_MEMBER = "torchxrayvision/data/NLMCXR_reports.tgz"
 DEV_MAX_ID = 2000
