@@ -1,6 +1,6 @@
 """The issue-15 2D image + mask specs of chest X-ray, dermoscopy, fundus, ultrasound and colonoscopy sets
-(QaTa-COV19 v2, COVID-QU-Ex lung and infection trees, HAM10000 with the Tschandl segmentations, Drishti-GS1
-soft maps, TN3K trainval/test with JPEG masks, PolypGen single frames with JPEG masks) on tiny fixtures
+(QaTa-COV19 v2, COVID-QU-Ex lung and infection trees, HAM10000 with the Tschandl segmentations and its metadata table, Drishti-GS1
+soft maps, TN3K trainval and test folders numbering alike, with JPEG masks, PolypGen single frames with JPEG masks) on tiny fixtures
 written here in each publisher's layout and mask encoding, checked against the truth the fixtures were drawn
 from: case ids, official splits, patient ids, image labels, region labels and counts (through the region
 extractor the build uses), and the junk each archive carries that must not be read.
@@ -135,21 +135,31 @@ def write_covid_qu_ex_infection(raw: Path) -> dict:
     }
 
 
+HAM10000 = {  # image → (part folder, lesion_id, region label from dx); two images of lesion HAM_0000118
+    "ISIC_0024306": ("HAM10000_images_part_1", "HAM_0000118", "melanocytic nevus"),
+    "ISIC_0025030": ("HAM10000_images_part_1", "HAM_0000118", "melanocytic nevus"),
+    "ISIC_0029306": ("HAM10000_images_part_2", "HAM_0002730", "melanoma"),
+    "ISIC_0031633": ("HAM10000_images_part_2", "HAM_0007418", "vascular lesion"),
+}
+
+
 def write_ham10000(raw: Path) -> dict:
     root = raw / "HAM10000"
-    cases = {"ISIC_0024306": "HAM10000_images_part_1", "ISIC_0029306": "HAM10000_images_part_2"}
+    cases = {case: part for case, (part, _, _) in HAM10000.items()}
     for n, (case, part) in enumerate(cases.items()):
         _save(root / part / f"{case}.jpg", _photo(30 + n), quality=90)
         _save(root / "HAM10000_segmentations_lesion_tschandl" / f"{case}_segmentation.png", _u8(ONE))
     # the Kaggle mirror's lower-case duplicate folder and its tables: none of them is a case
     _save(root / "ham10000_images_part_1" / "ISIC_0024307.jpg", _photo(39), quality=90)
-    (root / "HAM10000_metadata.csv").write_text(
+    (root / "HAM10000_metadata.csv").write_text(  # as released: lesion_id first, dx codes
         "lesion_id,image_id,dx,dx_type,age,sex,localization\n"
+        "HAM_0000118,ISIC_0025030,nv,follow_up,45.0,male,trunk\n"
         "HAM_0000118,ISIC_0024306,nv,follow_up,45.0,male,trunk\n"
         "HAM_0002730,ISIC_0029306,mel,histo,70.0,female,back\n"
+        "HAM_0007418,ISIC_0031633,vasc,consensus,55.0,female,abdomen\n"
     )
     (root / "hmnist_28_28_RGB.csv").write_text("pixel0000,label\n0,2\n")
-    return {case: (None, case, set(), {"lesion": 1}) for case in cases}
+    return {case: (None, lesion, set(), {label: 1}) for case, (_, lesion, label) in HAM10000.items()}
 
 
 def _soft_map(*layers: tuple[np.ndarray, int]) -> np.ndarray:
@@ -192,29 +202,28 @@ def write_drishti_gs(raw: Path) -> dict:
     }
 
 
-TN3K = {  # both folders number from 0000: one spec per folder (see the spec), same names, other pixels
-    "tn3k": {"0000": ONE, "0007": _rect((2, 10, 2, 12), (18, 28, 24, 36))},
-    "tn3k_test": {"0000": _rect((4, 20, 10, 30)), "0613": ONE},
+TWO_NODULES = _rect((2, 10, 2, 12), (18, 28, 24, 36))
+TN3K = {  # both folders number from 0000: same names, other pixels; the case id names the folder
+    "trainval": {"0000": ONE, "0007": TWO_NODULES},
+    "test": {"0000": _rect((4, 20, 10, 30)), "0613": ONE},
 }
 
 
-def _write_tn3k(raw: Path, part: str, cases: dict, seed: int) -> None:
-    root = raw / "tn3k"
-    for n, (stem, mask) in enumerate(cases.items()):
-        _save(root / f"{part}-image" / f"{stem}.jpg", _photo(seed + n), quality=85)  # RGB-stored B-mode
-        _save(root / f"{part}-mask" / f"{stem}.jpg", _u8(mask), quality=75)  # JPEG mask: noisy edges
-    (root / "tn3k-trainval-fold0.json").write_text('{"train": [0], "val": [1]}')
-
-
 def write_tn3k(raw: Path) -> dict:
-    _write_tn3k(raw, "trainval", TN3K["tn3k"], 50)
-    junk(raw / "tn3k" / "trainval-image" / "._0000.jpg")
-    return {stem: ("train", stem, set(), {"nodule": 2 if stem == "0007" else 1}) for stem in TN3K["tn3k"]}
-
-
-def write_tn3k_test(raw: Path) -> dict:
-    _write_tn3k(raw, "test", TN3K["tn3k_test"], 60)
-    return {stem: ("test", stem, set(), {"nodule": 1}) for stem in TN3K["tn3k_test"]}
+    root = raw / "tn3k"
+    for seed, (part, cases) in zip((50, 60), TN3K.items(), strict=True):
+        for n, (stem, mask) in enumerate(cases.items()):
+            _save(root / f"{part}-image" / f"{stem}.jpg", _photo(seed + n), quality=85)  # RGB-stored B-mode
+            _save(root / f"{part}-mask" / f"{stem}.jpg", _u8(mask), quality=75)  # JPEG mask: noisy edges
+    (root / "tn3k-trainval-fold0.json").write_text('{"train": [0], "val": [1]}')
+    junk(root / "trainval-image" / "._0000.jpg")
+    junk(root / "test-mask" / "._0613.jpg")
+    split = {"trainval": "train", "test": "test"}
+    return {
+        f"{part}-{stem}": (split[part], f"{part}-{stem}", set(), {"nodule": 2 if mask is TWO_NODULES else 1})
+        for part, cases in TN3K.items()
+        for stem, mask in cases.items()
+    }
 
 
 POLYPGEN = {  # centre → {frame: drawn polyps}; masks are JPEG with the `_mask` suffix
@@ -250,7 +259,6 @@ WRITERS = {
     "ham10000": write_ham10000,
     "drishti_gs": write_drishti_gs,
     "tn3k": write_tn3k,
-    "tn3k_test": write_tn3k_test,
     "polypgen": write_polypgen,
 }
 MASK_FILES = {
@@ -259,7 +267,6 @@ MASK_FILES = {
     "ham10000": 1,
     "drishti_gs": 2,
     "tn3k": 1,
-    "tn3k_test": 1,
     "polypgen": 1,
 }
 
@@ -325,7 +332,8 @@ def test_each_image_brings_exactly_its_mask_files(fixtures, name):
     spec = resolve_spec(name)
     for case, item in items_of(spec, raw).items():
         masks = [f.path for f in item.files if f.role == "mask"]
-        assert len(masks) == MASK_FILES[name] and all(case in Path(m).name for m in masks), masks
+        stem = case.split("-", 1)[1] if name == "tn3k" else case  # tn3k: the case id names the folder too
+        assert len(masks) == MASK_FILES[name] and all(stem in Path(m).name for m in masks), masks
 
 
 def test_covid_qu_ex_infection_reads_only_the_masks_that_exist(fixtures):
@@ -371,7 +379,7 @@ def test_qata_masks_are_prefixed_and_bimcv_subjects_group_their_images(fixtures)
         ),
         ("ham10000", "HAM10000/HAM10000_segmentations_lesion_tschandl/{}_segmentation.png"),
         ("drishti_gs", "Drishti-GS1_files/Test/Test_GT/{0}/SoftMap/{0}_cupsegSoftmap.png"),
-        ("tn3k_test", "tn3k/test-mask/{}.jpg"),
+        ("tn3k", "tn3k/test-mask/0613.jpg"),
         ("polypgen", "PolypGen2021_MultiCenterData_v3/data_C3/masks_C3/{}_mask.jpg"),
     ],
 )
@@ -383,7 +391,7 @@ def test_an_image_without_its_mask_is_rejected_naming_it(tmp_path, name, missing
         "covid_qu_ex_infection": "covid_2",
         "ham10000": "ISIC_0029306",
         "drishti_gs": "drishtiGS_001",
-        "tn3k_test": "0613",
+        "tn3k": "test-0613",
         "polypgen": "C3_000001",
     }[name]
     rel = missing.format(case)
@@ -418,18 +426,72 @@ def test_ham10000_refuses_a_one_coded_mask(tmp_path):
     assert e.value.reason == "bad_label_value"
 
 
+def test_ham10000_labels_and_lesion_groups_come_from_the_metadata_table(fixtures):
+    """dx names each image's lesion label; lesion_id is the group, so one lesion's images share a split."""
+    from medpclip.corpus.split import split_by_rule
+
+    raw, _ = fixtures
+    spec = resolve_spec("ham10000")
+    items = items_of(spec, raw)
+    by_lesion: dict[str, set[str]] = {}
+    for case, (_, lesion, label) in HAM10000.items():
+        item = items[case]
+        assert item.patient_id == lesion and dict(item.meta)["mask_labels"] == (label,), case
+        by_lesion.setdefault(lesion, set()).add(split_by_rule(spec.split, spec.name, item.patient_id))
+    assert all(len(splits) == 1 for splits in by_lesion.values()), by_lesion
+    assert len([c for c, (_, lesion, _) in HAM10000.items() if lesion == "HAM_0000118"]) == 2
+
+
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        ("HAM_0009999,ISIC_0099999,mel,histo,60.0,male,back\n", "missing_file"),  # a row without its image
+        ("HAM_0002730,ISIC_0029306,scc,histo,70.0,female,back\n", "bad_label_value"),  # a dx not listed
+    ],
+)
+def test_ham10000_table_rows_that_do_not_fit_are_rejected_cases(tmp_path, row, reason):
+    write_ham10000(tmp_path)
+    table = tmp_path / "HAM10000" / "HAM10000_metadata.csv"
+    lines = table.read_text().splitlines(keepends=True)
+    table.write_text("".join([lines[0], row, *lines[1:]]))  # first row of an id wins
+    spec = resolve_spec("ham10000")
+    items = items_of(spec, tmp_path)
+    case = row.split(",")[1]
+    with pytest.raises(ReadError) as e:
+        frames_of(spec, tmp_path, items[case])
+    assert e.value.reason == reason and "HAM10000_metadata.csv" in e.value.detail
+
+
+def test_ham10000_image_missing_from_the_table_is_rejected(tmp_path):
+    write_ham10000(tmp_path)
+    table = tmp_path / "HAM10000" / "HAM10000_metadata.csv"
+    table.write_text(
+        "".join(line for line in table.read_text().splitlines(keepends=True) if "ISIC_0031633" not in line)
+    )
+    spec = resolve_spec("ham10000")
+    with pytest.raises(ReadError) as e:
+        frames_of(spec, tmp_path, items_of(spec, tmp_path)["ISIC_0031633"])
+    assert e.value.reason == "bad_row" and "no row" in e.value.detail
+
+
 def test_tn3k_jpeg_masks_are_noisy_and_thresholded_to_the_drawn_nodule(fixtures):
     """The JPEG masks carry compression noise (values between 0 and 255): grey > 127 recovers the drawn
-    nodule within a thin edge band, and the same image number in the two folders is two specs' own case."""
+    nodule within a thin edge band, and the same image number in the two folders is two cases, each read
+    with its own folder's mask."""
     raw, _ = fixtures
-    for name, cases in TN3K.items():
-        spec = resolve_spec(name)
-        items = items_of(spec, raw)
+    spec = resolve_spec("tn3k")
+    items = items_of(spec, raw)
+    assert {"trainval-0000", "test-0000"} <= set(items)
+    for part, cases in TN3K.items():
         for stem, drawn in cases.items():
-            part = "trainval" if name == "tn3k" else "test"
             with Image.open(raw / "tn3k" / f"{part}-mask" / f"{stem}.jpg") as img:
                 grey = np.asarray(img.convert("L"))
             assert len(np.unique(grey)) > 2  # the fixture's noise is real
-            (frame,) = frames_of(spec, raw, items[stem])
+            item = items[f"{part}-{stem}"]
+            assert [f.path for f in item.files] == [
+                f"tn3k/{part}-image/{stem}.jpg",
+                f"tn3k/{part}-mask/{stem}.jpg",
+            ]
+            (frame,) = frames_of(spec, raw, item)
             (mask,) = [m for _, m in frame.masks]
-            assert (mask ^ drawn).sum() <= 0.1 * drawn.sum(), (name, stem)
+            assert (mask ^ drawn).sum() <= 0.1 * drawn.sum(), (part, stem)

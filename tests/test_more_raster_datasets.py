@@ -71,10 +71,11 @@ def write_kvasir_instrument(raw: Path) -> dict:
     for n, (stem, mask) in enumerate(truth.items()):
         _save(root / "images" / f"{stem}.jpg", _photo(20 + n))
         _save(root / "masks" / f"{stem}.png", _u8(mask))
-    (root / "train.txt").write_text("ckcu8ty6z00003b5yzfaezbs5\n")  # official lists: not read (see spec)
+    (root / "train.txt").write_text("ckcu8ty6z00003b5yzfaezbs5\n")  # official lists: one bare id a line
     (root / "test.txt").write_text("ckcuag4hy00023b5ynbjt3y7s\n")
     (root / "bboxes.json").write_text("{}")
-    return {stem: (None, 1 if m is ONE else 2) for stem, m in truth.items()}
+    split = {"ckcu8ty6z00003b5yzfaezbs5": "train", "ckcuag4hy00023b5ynbjt3y7s": "test"}
+    return {stem: (split[stem], 1 if m is ONE else 2) for stem, m in truth.items()}
 
 
 def write_isic2016(raw: Path) -> dict:
@@ -250,3 +251,25 @@ def test_an_image_without_its_mask_is_rejected_naming_it(tmp_path, name, missing
     with pytest.raises(ReadError) as e:
         frames_of(spec, tmp_path, items[case])
     assert e.value.reason == "missing_file" and spec.root in e.value.detail
+
+
+def test_kvasir_instrument_split_lists_give_the_official_splits(tmp_path):
+    """train.txt / test.txt decide the split; an id listed but not on disk, or in both lists, is rejected."""
+    write_kvasir_instrument(tmp_path)
+    root = tmp_path / "kvasir-instrument"
+    (root / "train.txt").write_text(
+        "ckcu8ty6z00003b5yzfaezbs5\nckcu00000000000000000000\n\n"
+    )  # + an id not on disk
+    (root / "test.txt").write_text(
+        "ckcuag4hy00023b5ynbjt3y7s\r\nckcu8ty6z00003b5yzfaezbs5\r\n"
+    )  # CRLF; in both
+    spec = resolve_spec("kvasir_instrument")
+    items = items_of(spec, tmp_path)
+    assert items["ckcuag4hy00023b5ynbjt3y7s"].official_split == "test"
+    for case, reason in (
+        ("ckcu00000000000000000000", "missing_file"),
+        ("ckcu8ty6z00003b5yzfaezbs5", "bad_row"),
+    ):
+        with pytest.raises(ReadError) as e:
+            frames_of(spec, tmp_path, items[case])
+        assert e.value.reason == reason and ".txt" in e.value.detail, e.value.detail

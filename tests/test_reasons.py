@@ -55,6 +55,9 @@ FORWARDED = {
     ): "a DiscoveryNote's reason (collected where it is made)",
     ("medpclip/sources/raster/reader.py", "discover", "e.reason"): "a ReadError's reason, kept as the error",
     ("medpclip/sources/tables/reader.py", "discover", "e.reason"): "a ReadError's reason, kept as the error",
+    ("medpclip/sources/raster/reader.py", "_row_label", "e.reason"): (
+        "resolve_label's ReadError (a table label not in the spec), kept as the image's error"
+    ),
 }
 
 

@@ -6,6 +6,7 @@ this module imports no reader and not ``medpclip.specs``.
 
 from __future__ import annotations
 
+import glob
 import string
 from typing import Literal
 
@@ -76,10 +77,25 @@ class NumberedGroups(Options):
         return None
 
 
+class RasterTable(Options):
+    """``table``: a delimited file of per-image rows, as the volumes family's ``table`` (same names), plus
+    ``label_column`` (the row's value names the label of the image's masks)."""
+
+    path: str = Field(min_length=1)
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    id_column: str = Field(min_length=1)
+    split_column: str | None = None
+    label_column: str | None = None
+
+    def columns(self) -> list[str]:
+        return [c for c in (self.id_column, self.split_column, self.label_column) if c is not None]
+
+
 class RasterOptions(ReaderOptions):
     images: Globs
     exclude: list[str] = Field(default_factory=list)
     name_regex: str | None = None
+    case_id: str | None = None
     masks: list[str | MaskPattern] = Field(default_factory=list)
     mask_mode: Literal["threshold", "instances", "values", "ranges"] = "threshold"
     threshold: float = 127
@@ -95,6 +111,8 @@ class RasterOptions(ReaderOptions):
     normal_labels: list[str] = Field(default_factory=list)
     splits: dict[str, Literal["train", "val", "test"]] = Field(default_factory=dict)
     numbered_groups: NumberedGroups | None = None
+    table: RasterTable | None = None
+    split_lists: dict[Literal["train", "val", "test"], str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> RasterOptions:
@@ -118,6 +136,22 @@ class RasterOptions(ReaderOptions):
                 raise ValueError(
                     f"mask pattern '{m.pattern}': label/empty apply to mask_mode threshold or instances only"
                 )
+        if self.case_id is not None:
+            used = pattern_fields(self.case_id)
+            unknown = used - set(BUILTIN_FIELDS) - groups
+            if unknown:
+                raise ValueError(f"case_id '{self.case_id}' uses unknown fields {sorted(unknown)}")
+            if not used & ({"stem"} | groups):
+                raise ValueError(f"case_id '{self.case_id}' needs {{stem}} or a name_regex group")
+            if glob.has_magic(pattern_literal(self.case_id)):
+                raise ValueError(f"case_id '{self.case_id}' is a template, not a glob: no * ? [ ]")
+        if self.table is not None:
+            if self.table.label_column is not None and self.mask_mode not in ("threshold", "instances"):
+                raise ValueError("table.label_column applies to mask_mode threshold or instances only")
+            if len(set(self.table.columns())) != len(self.table.columns()):
+                raise ValueError("table: id_column, split_column and label_column must be different columns")
+        if len(set(self.split_lists.values())) != len(self.split_lists):
+            raise ValueError("split_lists: each split needs its own list file")
         return self
 
     def name_groups(self) -> list[str]:

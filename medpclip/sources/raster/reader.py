@@ -5,12 +5,18 @@ Options (``spec.format.options``), all paths relative to the dataset folder, POS
 Images
 - ``images: "images/*.jpg"`` — glob or list of globs (``**`` allowed). Junk files (``._*``, ``.DS_Store``,
   ``Thumbs.db``, ``__MACOSX``) are skipped, and so is any file that is some image's mask (masks may share the
-  image folder, e.g. BUSI). The case id is the image file name without its extension.
+  image folder, e.g. BUSI). The case id is the image file name without its extension (see ``case_id``).
 - ``exclude: ["*_mask*.png"]`` — fnmatch patterns (on the relative path or the file name) of files that are
   never images, even when no image claims them (an orphan mask must not become an image).
 - ``name_regex: "^(?P<set>training|test)/images/(?P<id>\\d+)_"`` — optional; searched in each image's
   relative path. Its named groups become fields for mask patterns (``{id}``) and for ``patient_id.field``.
   An image whose path does not match is rejected (``unexpected_name``).
+- ``case_id: "{set}-{stem}"`` — optional template of the case id over the fields ``{stem}``, ``{dir}`` and the
+  ``name_regex`` groups (it must name ``{stem}`` or a group; no wildcards). For datasets whose folders number
+  their files alike (TN3K: ``trainval-image/0000.jpg`` and ``test-image/0000.jpg``): without it both would
+  be case ``0000`` and the build would keep one and reject the other (``duplicate_key``). The case id is
+  also the default patient id, what ``table`` rows and ``split_lists`` lines are matched to, and what names
+  the sample keys; mask patterns, ``boxes_json`` keys and ``numbered_groups`` still use the file's stem.
 - ``grey: true`` — force one channel (greyscale datasets that ship some RGB files).
 
 Masks
@@ -53,6 +59,25 @@ Image-level labels, splits, groups
   Examples: BUSI class folder, Montgomery/Shenzhen ``_0``/``_1`` suffix, REFUGE ``Glaucoma`` folder.
 - ``splits: {"ISIC2018_Task1-2_Training_Input/*": train, …}`` — official split by fnmatch on the image's
   relative path (first matching entry wins; images matching none have no official split).
+- ``split_lists: {train: train.txt, test: test.txt}`` — official split from list files (paths relative to
+  the dataset folder), one case id per line (surrounding blanks and blank lines ignored; UTF-8 with or
+  without BOM), e.g. Kvasir-Instrument's ``train.txt``/``test.txt``. A missing list file fails discovery
+  (``missing_file``); an id listed but not on disk is a rejected case (``missing_file``) and an id in two
+  lists is rejected (``bad_row``); an image in no list falls through to the table's split column, then to
+  ``splits``, else has no official split. A spec should give one source of official splits.
+- ``table: {path, delimiter, id_column, split_column, label_column}`` — per-image rows from a delimited file
+  (as the volumes family's ``table``; UTF-8 with or without BOM; cells stripped; the first row of an id
+  wins). ``id_column`` is matched to the case id. The row's columns become fields for
+  ``patient_id.field`` (e.g. HAM10000's ``lesion_id``, so that the images of one lesion share a split; the
+  path's own fields win a name clash); ``split_column`` (optional) gives the official split (words
+  train/training/tr, val/valid/validation, test/testing/ts; another non-empty value is ``bad_row``);
+  ``label_column`` (optional; mask modes ``threshold``/``instances``) names the label of the image's
+  masks, matched to the spec's ``label``/``aliases`` case-insensitively (HAM10000's ``dx``: ``mel`` …),
+  before option ``label`` and after a mask entry's own ``label``. With ``label_column`` every image needs a
+  row with a known, non-empty value (else ``bad_row`` / ``bad_label_value``). A missing table or column fails
+  discovery (``missing_file`` / ``unreadable_table``); a row naming an image not on disk is a rejected case
+  (``missing_file``), never silently skipped. The row travels in the item (its label, patient, split), not
+  as one of its files (hashing the table once per image would cost more than reading).
 - ``numbered_groups: {size: 50}`` or ``{ranges: [[1, 25], [26, 50], …]}`` — for numbered frames cut from
   videos (CVC-ClinicDB): the field ``group`` (``"0001-0050"``) groups consecutive frame numbers, so that
   ``patient_id: {field: group}`` keeps near-duplicate neighbours in one split. A stem that is not a number
@@ -64,8 +89,10 @@ Image and mask must have the same size (``shape_mismatch`` otherwise). Images co
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import glob
+import io
 import json
 import os
 import posixpath
@@ -90,6 +117,7 @@ from medpclip.sources._common import (
     raise_item_error,
     raw_path,
     read_image,
+    read_utf8,
     resolve_label,
     sorted_items,
 )
@@ -97,9 +125,23 @@ from medpclip.sources._shapes import InstanceLayers
 from medpclip.sources.raster.options import (
     MaskPattern,
     RasterOptions,
+    RasterTable,
     pattern_literal,
 )
 from medpclip.specs import DatasetSpec
+
+# the words a table's split column may hold (as the volumes family reads them)
+_SPLIT_WORDS = {
+    "train": "train",
+    "training": "train",
+    "tr": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+    "ts": "test",
+}
 
 # --- discover ----------------------------------------------------------------------------------------------
 
@@ -117,6 +159,8 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
     opts = parse_options(spec, RasterOptions)
     _check_labels(spec, opts)
     boxes = _load_boxes_json(root, opts.boxes_json) if opts.boxes_json else {}
+    rows = _read_table(root, opts.table) if opts.table is not None else {}
+    listed = _read_split_lists(root, opts.split_lists)
     candidates = [
         p for p in glob_files(root, opts.images) if not _excluded(p.relative_to(root), opts.exclude)
     ]
@@ -129,13 +173,21 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
         if path in used_as_mask:
             continue
         case = cases[path]
+        case_id = _case_id(opts, case, path)
         rel = path.relative_to(root).as_posix()
         files = [SourceFile("image", raw_path(spec, rel))]
         files += [SourceFile("mask", raw_path(spec, m.relative_to(root).as_posix())) for _, m in case.masks]
         meta: dict[str, object] = {}
         error = case.error
-        if case.masks and opts.mask_mode in ("threshold", "instances"):  # each mask file's label, in order
-            meta["mask_labels"] = tuple(_threshold_label(spec, opts, patterns[i]) for i, _ in case.masks)
+        row = rows.get(case_id)
+        fields = {**row, **case.fields} if row is not None else case.fields  # the path's fields win
+        row_label, row_error = _row_label(spec, opts, case_id, row)
+        error = error or row_error
+        if case.masks and opts.mask_mode in ("threshold", "instances") and error is None:
+            # each mask file's label, in order
+            meta["mask_labels"] = tuple(
+                _threshold_label(spec, opts, patterns[i], row_label) for i, _ in case.masks
+            )
         if not case.masks and path.stem in boxes:
             try:
                 meta.update(_kvasir_entry(boxes[path.stem]))
@@ -150,21 +202,141 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
             labels, error = [], error or (e.reason, e.detail)
         if labels:
             meta["image_labels"] = tuple(labels)
-        split = next((s for pattern, s in opts.splits.items() if fnmatch.fnmatchcase(rel, pattern)), None)
+        split, split_error = _official_split(opts, case_id, rel, row, listed)
         items.append(
             make_item(
-                spec, path.stem, files, fields=case.fields, official_split=split, meta=meta, error=error
+                spec,
+                case_id,
+                files,
+                fields=fields,
+                official_split=split,
+                meta=meta,
+                error=error or split_error,
             )
         )
+    found = {item.case_id for item in items}
+    items += _orphans(spec, opts, found, rows, listed)
     yield from sorted_items(items)
+
+
+def _case_id(opts: RasterOptions, case: _Case, path: Path) -> str:
+    """Option ``case_id`` filled with the image's fields, else the file name without its extension (also when
+    ``name_regex`` did not match: the image is rejected anyway, under its file name)."""
+    if opts.case_id is None or case.error is not None and case.error[0] == "unexpected_name":
+        return path.stem
+    return opts.case_id.format(**case.fields)
+
+
+def _row_label(
+    spec: DatasetSpec, opts: RasterOptions, case_id: str, row: dict[str, str] | None
+) -> tuple[str | None, tuple[str, str] | None]:
+    """The label a table row gives the image's masks (``table.label_column``), or the error that rejects it."""
+    table = opts.table
+    if table is None or table.label_column is None:
+        return None, None
+    if row is None:
+        return None, ("bad_row", f"{table.path} has no row for image '{case_id}' (its {table.label_column})")
+    raw = row.get(table.label_column, "")
+    if not raw:
+        return None, ("bad_row", f"{table.path}: empty {table.label_column} for image '{case_id}'")
+    try:
+        return resolve_label(spec, raw).label, None
+    except ReadError as e:
+        return None, (e.reason, f"{table.path}: {table.label_column} of '{case_id}': {e.detail}")
+
+
+def _official_split(
+    opts: RasterOptions,
+    case_id: str,
+    rel: str,
+    row: dict[str, str] | None,
+    listed: dict[str, list[tuple[str, str]]],
+) -> tuple[str | None, tuple[str, str] | None]:
+    """The official split: from ``split_lists``, else the table's ``split_column``, else ``splits``."""
+    if case_id in listed:
+        splits = sorted({split for split, _ in listed[case_id]})
+        if len(splits) > 1:
+            names = ", ".join(sorted({name for _, name in listed[case_id]}))
+            return None, ("bad_row", f"image '{case_id}' is listed in several split lists ({names})")
+        return splits[0], None
+    table = opts.table
+    if row is not None and table is not None and table.split_column is not None:
+        value = row.get(table.split_column, "")
+        split = _SPLIT_WORDS.get(value.lower())
+        if split is not None:
+            return split, None
+        if value:
+            detail = (
+                f"{table.path}: {table.split_column} '{value}' of image '{case_id}' is not train/val/test"
+            )
+            return None, ("bad_row", detail)
+    return next((s for pattern, s in opts.splits.items() if fnmatch.fnmatchcase(rel, pattern)), None), None
+
+
+def _orphans(
+    spec: DatasetSpec,
+    opts: RasterOptions,
+    found: set[str],
+    rows: dict[str, dict[str, str]],
+    listed: dict[str, list[tuple[str, str]]],
+) -> list[SourceItem]:
+    """A case id a table or split list names that no image on disk has: a rejected case, never skipped."""
+    out = []
+    for case_id in sorted(set(rows) - found):
+        assert opts.table is not None
+        name = opts.table.path
+        error = ("missing_file", f"image '{case_id}' is listed in {name} but not on disk")
+        out.append(make_item(spec, case_id, [SourceFile("table", raw_path(spec, name))], error=error))
+    for case_id in sorted(set(listed) - found - set(rows)):
+        name = listed[case_id][0][1]
+        error = ("missing_file", f"image '{case_id}' is listed in {name} but not on disk")
+        out.append(make_item(spec, case_id, [SourceFile("split_list", raw_path(spec, name))], error=error))
+    return out
+
+
+def _read_table(root: Path, table: RasterTable) -> dict[str, dict[str, str]]:
+    """Rows of ``table`` by id column (the first row of an id wins), cells stripped."""
+    if not (root / table.path).is_file():
+        raise ReadError("missing_file", f"{table.path} (the table this spec takes per-image fields from)")
+    text = read_utf8(root / table.path, table.path)  # BOM or not
+    reader = csv.DictReader(io.StringIO(text), delimiter=table.delimiter)
+    columns = [(c or "").strip() for c in reader.fieldnames or []]
+    for needed in table.columns():
+        if needed not in columns:
+            raise ReadError(
+                "unreadable_table",
+                f"{table.path}: no column '{needed}' (columns: {', '.join(columns)}; delimiter {table.delimiter!r})",
+            )
+    rows: dict[str, dict[str, str]] = {}
+    for raw in reader:
+        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        case = row.get(table.id_column, "")
+        if case:
+            rows.setdefault(case, row)
+    return rows
+
+
+def _read_split_lists(root: Path, lists: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
+    """``split_lists``: case id → [(split, list file)] (one id per line; blank lines skipped)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for split, name in lists.items():
+        if not (root / name).is_file():
+            raise ReadError("missing_file", f"{name} (the list of the official {split} split)")
+        for line in read_utf8(root / name, name).splitlines():
+            case_id = line.strip()
+            if case_id:
+                out.setdefault(case_id, []).append((split, name))
+    return out
 
 
 def _check_labels(spec: DatasetSpec, opts: RasterOptions) -> None:
     """Spec-level mistakes fail discovery once instead of every item at read."""
     try:
         if opts.mask_mode in ("threshold", "instances"):
+            from_table = opts.table is not None and opts.table.label_column is not None
             for m in opts.mask_patterns():
-                _threshold_label(spec, opts, m)
+                if not (from_table and m.label is None):  # else each image's row names it
+                    _threshold_label(spec, opts, m)
         elif opts.mask_mode == "ranges":
             for label in opts.ranges:
                 resolve_label(spec, label)
@@ -182,10 +354,14 @@ def _check_labels(spec: DatasetSpec, opts: RasterOptions) -> None:
         raise ReadError("bad_option", e.detail) from None
 
 
-def _threshold_label(spec: DatasetSpec, opts: RasterOptions, m: MaskPattern) -> str | None:
+def _threshold_label(
+    spec: DatasetSpec, opts: RasterOptions, m: MaskPattern, row_label: str | None = None
+) -> str | None:
+    """A mask file's label: the pattern's own, else the image's table row's, else option ``label``, else the
+    spec's only label."""
     if m.empty:
         return None  # no label: the mask must be empty
-    raw = m.label or opts.label
+    raw = m.label or row_label or opts.label
     if raw is None:
         if len(spec.labels) != 1:
             raise ReadError("bad_option", f"mask pattern '{m.pattern}' needs a label (the spec has several)")
