@@ -11,6 +11,7 @@ names the file, the field and what is wrong.
 from __future__ import annotations
 
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -30,7 +31,9 @@ from medpclip.sources.base import compile_regex
 from medpclip.sources.registry import FAMILIES
 from medpclip.vocab import SPLITS, Modality
 
-SPECS_DIR = Path(__file__).resolve().parent.parent / "dataset_specs"
+# The shipped specs are package data: ``medpclip/dataset_specs`` is a link to the repository's
+# ``dataset_specs/`` (the folder to edit), which a built wheel holds as a real folder.
+SPECS_DIR = Path(str(resources.files("medpclip").joinpath("dataset_specs"))).resolve()
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 CUI_RE = re.compile(r"^C\d{7}$")
 CONCEPT_LOCAL_RE = re.compile(r"^MEDP:\d{4}$")

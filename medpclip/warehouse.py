@@ -6,13 +6,15 @@ is on disk (and a resumed or incremental build is visible at once).
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import duckdb
 
 from medpclip.text.kb import KB_PATH
 
-VIEWS_SQL = Path(__file__).resolve().parent.parent / "warehouse" / "views.sql"
+# ``medpclip/sql`` links to the repository's ``warehouse/`` (a real folder in a built wheel).
+VIEWS_SQL = Path(str(resources.files("medpclip").joinpath("sql", "views.sql")))
 VIEWS = ("samples", "regions", "sources", "rejects", "units", "shards", "concepts")
 
 
