@@ -41,7 +41,8 @@ from bench.common import save_result
 from bench.volumes import FOLDER, write_ct_dataset
 from medpclip import imaging
 from medpclip.corpus.build import finish_build, prepare_build
-from medpclip.corpus.sample import SampleParams, encode_png
+from medpclip.corpus.encoding import encode_png
+from medpclip.corpus.sample import SampleParams
 from medpclip.corpus.unit import run_unit
 from medpclip.specs import load_spec_file
 

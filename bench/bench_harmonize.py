@@ -20,7 +20,8 @@ import numpy as np
 
 from bench.common import ct_spec, save_result
 from medpclip import imaging, regions
-from medpclip.corpus.sample import SampleParams, encode_png, make_sample
+from medpclip.corpus.encoding import encode_png
+from medpclip.corpus.sample import SampleParams, make_sample
 from medpclip.fileio import stable_json
 from medpclip.frame import Frame, SourceFile, SourceItem
 

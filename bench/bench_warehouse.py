@@ -84,7 +84,7 @@ def generate(root: Path, scale: float) -> None:
                 'An axial CT image of the abdomen.' AS caption, []::VARCHAR[] AS image_labels,
                 NULL::VARCHAR AS report_text, (15 + (hash(i, 1) % 5 = 0)::INT) AS n_regions,  -- 15.2 on average
                 md5('p' || i::VARCHAR) || md5('q' || i::VARCHAR) AS pixel_sha256, (hash(i) % 9223372036854775807)::BIGINT AS phash,
-                150000::BIGINT AS png_bytes, 'shards/{ds}/train/train-{unit:05d}-00.tar' AS shard, {unit} AS unit
+                'png' AS image_format, 150000::BIGINT AS image_bytes, 'shards/{ds}/train/train-{unit:05d}-00.tar' AS shard, {unit} AS unit
               FROM range({unit_start}, {unit_start + n}) t(i) ORDER BY key"""
             cols = ", ".join(f"{f.name}::{_duck_type(f.type)} AS {f.name}" for f in SAMPLES)
             con.execute(

@@ -8,6 +8,7 @@ from bench import (
     bench_loader,
     bench_reports,
     bench_scaling,
+    bench_storage,
     bench_warehouse,
     projection,
     text_throughput,
@@ -21,5 +22,6 @@ if __name__ == "__main__":
     bench_loader.main(rounds=3, corpus="ct")
     text_throughput.main()
     bench_reports.main()
+    bench_storage.main()
     bench_warehouse.main()
     projection.main()

@@ -89,7 +89,9 @@ class Frame:
     image (LIDC's and ImageScope's outlines, COCO polygons), not label maps, mask files or cuts through a 3D
     mask: like boxes and points they are kept down to ``regions.min_drawn_pixels``, not held to the area rule
     that removes slicing slivers and mask noise. ``modality`` is set where a dataset mixes modalities (AMOS: CT and MR
-    cases under one spec); ``None`` means the spec's modality.
+    cases under one spec); ``None`` means the spec's modality. ``source_jpeg`` holds an RGB JPEG source's
+    bytes when ``image`` is exactly their decoded pixels (the raster reader sets it): a colour photograph
+    that needs no resize is then stored as those bytes, less their metadata (``corpus/encoding.py``).
     """
 
     item: SourceItem
@@ -108,6 +110,7 @@ class Frame:
     image_labels: list[str] = field(default_factory=list)
     report: str | None = None
     modality: str | None = None  # per-frame modality; None = spec.modality
+    source_jpeg: bytes | None = None  # an RGB JPEG source's bytes, decoded unchanged into ``image``
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -49,6 +49,31 @@ def test_duckdb_counts_equal_shard_counts(demo_corpus):
     assert sum(sizes.values()) == shard_total
 
 
+def test_photographs_are_jpeg_and_stock_loaders_read_both_kinds(demo_corpus):
+    """The demo polyps (colour endoscopy JPEGs, not resized) are stored as their source bytes without
+    metadata; CT and radiographs stay PNG; webdataset's stock decoder (what open_clip uses, ``jpg;png``) reads
+    every sample."""
+    out = demo_corpus.out
+    kinds = dict(
+        query(out, "SELECT modality, string_agg(DISTINCT image_format) FROM samples GROUP BY ALL")[1]
+    )
+    assert kinds == {"CT": "png", "XR": "png", "endoscopy": "jpg"}
+    ratio = _one(
+        out,
+        "SELECT max(s.image_bytes / r.bytes) FROM samples s JOIN sources r "
+        "ON s.source_path = r.path AND r.role = 'image' WHERE s.image_format = 'jpg'",
+    )
+    assert ratio <= 1.0  # the source's bytes less its metadata: never more
+    n = 0
+    for (path,) in query(out, "SELECT path FROM shards ORDER BY path")[1]:
+        for image, text in (
+            wds.WebDataset(str(out / path), shardshuffle=False).decode("pil").to_tuple("jpg;png", "txt")
+        ):
+            assert image.size[0] > 0 and text
+            n += 1
+    assert n == _one(out, "SELECT count(*) FROM samples")
+
+
 def test_no_patient_in_two_splits(demo_corpus):
     rows = query(
         demo_corpus.out,

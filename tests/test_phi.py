@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, ExplicitVRLittleEndian
 
 from medpclip.corpus.build import build_corpus
+from medpclip.corpus.encoding import image_member
 from medpclip.corpus.shards import iter_samples
 from medpclip.specs import load_spec_file
 from medpclip.warehouse import query
@@ -228,7 +229,9 @@ def _texts(out: Path) -> dict[str, str]:
                 texts[f"{rel}:{key}"] = key + " ".join(
                     _png_text(v) if ext == "png" else v.decode("utf-8") for ext, v in members.items()
                 )
-                kinds = {k for k, _ in _png_chunks(members["png"])}
+                ext, image = image_member(members)
+                assert ext == "png"  # DICOM radiographs: grey, lossless
+                kinds = {k for k, _ in _png_chunks(image)}
                 assert kinds <= {b"IHDR", b"IDAT", b"IEND"}, kinds  # no text chunks at all
         elif p.suffix == ".parquet":
             texts[rel] = json.dumps(pq.read_table(p).to_pylist(), default=str, ensure_ascii=False)
@@ -248,7 +251,7 @@ def _samples(out: Path) -> dict[str, tuple[dict, bytes]]:
     found = {}
     for shard in sorted((out / "shards").rglob("*.tar")):
         for key, members in iter_samples(shard):
-            found[key] = (json.loads(members["json"]), members["png"])
+            found[key] = (json.loads(members["json"]), image_member(members)[1])
     return found
 
 

@@ -319,7 +319,7 @@ def test_names_with_dots_spaces_unicode_and_dotdot_stay_inside_the_corpus(bad_bu
                 for m in t.getmembers():
                     assert m.isfile() and "/" not in m.name and ".." not in m.name, m.name
                     key, ext = m.name.split(".", 1)
-                    assert KEY_RE.match(key) and ext in ("json", "png", "txt"), m.name
+                    assert KEY_RE.match(key) and ext in ("json", "png", "jpg", "txt"), m.name
     assert not list(raw.parent.glob("*.tar")) and not (raw / "shards").exists()  # nothing written elsewhere
 
 

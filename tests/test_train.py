@@ -25,6 +25,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medpclip.cli import app
+from medpclip.corpus.encoding import image_member
 from medpclip.corpus.shards import iter_samples
 from medpclip.evaluate import COLUMNS, evaluate
 from medpclip.model import build_model
@@ -69,7 +70,7 @@ def _records(corpus: Path, dataset: str, splits=("train", "val", "test")):
     for urls, _ in [v for k, v in shard_lists(corpus, list(splits), [dataset]).items() if k == dataset]:
         for url in urls:
             for key, members in iter_samples(Path(url)):
-                yield key, members["png"], json.loads(members["json"])
+                yield key, image_member(members)[1], json.loads(members["json"])
 
 
 def _make(cfg: DataConfig, corpus: Path, dataset: str, seed: int = 0, keep_masks: bool = False, **kw):

@@ -14,6 +14,7 @@ import jsonschema
 import numpy as np
 from PIL import Image
 
+from medpclip.corpus.encoding import image_ext, image_member
 from medpclip.corpus.schema import KEY_RE, load_sample_json_schema
 from medpclip.corpus.shards import iter_samples, read_sample
 from medpclip.fileio import load_json
@@ -30,7 +31,10 @@ def read_samples(corpus: Path, shard_keys: list[tuple[str, str]]) -> dict[str, t
     for shard, keys in sorted(wanted.items()):
         for key, members in iter_samples(Path(corpus) / shard):
             if key in keys:
-                found[key] = (np.asarray(Image.open(io.BytesIO(members["png"]))), json.loads(members["json"]))
+                found[key] = (
+                    np.asarray(Image.open(io.BytesIO(image_member(members)[1]))),
+                    json.loads(members["json"]),
+                )
     return found
 
 
@@ -48,7 +52,7 @@ def load_sample(corpus: Path, key: str) -> tuple[np.ndarray, dict]:
             f"no sample '{key}' in {corpus} (try: medpclip query --corpus {corpus} \"SELECT key FROM samples LIMIT 5\")"
         )
     members = read_sample(Path(corpus) / row[0], key)
-    return np.asarray(Image.open(io.BytesIO(members["png"]))), json.loads(members["json"])
+    return np.asarray(Image.open(io.BytesIO(image_member(members)[1]))), json.loads(members["json"])
 
 
 @dataclass
@@ -86,7 +90,7 @@ def _check_region(key: str, rec: dict, r: dict, problems: list[str]) -> None:
 
 def _check_sample(path: str, key: str, members: dict, validator, manifest: dict, report: CheckReport) -> None:
     problems = report.problems
-    if set(members) != {"json", "png", "txt"}:
+    if set(members) not in ({"json", "png", "txt"}, {"json", "jpg", "txt"}):
         problems.append(f"{path}: sample {key} has members {sorted(members)}")
         return
     rec = json.loads(members["json"])
@@ -96,9 +100,16 @@ def _check_sample(path: str, key: str, members: dict, validator, manifest: dict,
         return
     if rec["key"] != key:
         problems.append(f"{key}: record carries key {rec['key']}")
-    img = Image.open(io.BytesIO(members["png"]))
+    ext, data = image_member(members)
+    img = Image.open(io.BytesIO(data))
     if img.size != (rec["width"], rec["height"]):
-        problems.append(f"{key}: PNG is {img.size}, record says {(rec['width'], rec['height'])}")
+        problems.append(f"{key}: {ext} is {img.size}, record says {(rec['width'], rec['height'])}")
+    if img.format != {"png": "PNG", "jpg": "JPEG"}[ext] or len(img.getbands()) != rec["channels"]:
+        problems.append(
+            f"{key}: {ext} member holds {img.format} {img.mode}, record says {rec['channels']} channel(s)"
+        )
+    if ext != image_ext(rec["modality"], np.empty((1, 1, 3) if rec["channels"] == 3 else (1, 1))):
+        problems.append(f"{key}: {rec['modality']} image with {rec['channels']} channel(s) stored as {ext}")
     if members["txt"].decode("utf-8") != rec["caption"]:
         problems.append(f"{key}: txt differs from the record's caption")
     if manifest.get(key, (None, None))[0] != path:

@@ -7,14 +7,13 @@ intensity → 8 bits, square pixels and long side ≤ max_side, annotations resi
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from medpclip import imaging, regions
+from medpclip.corpus.encoding import encode_image
 from medpclip.corpus.schema import SCHEMA_VERSION, hash_id
 from medpclip.fileio import stable_json
 from medpclip.frame import Box, Frame, Point, ReadError
@@ -37,16 +36,17 @@ class SampleParams:
 @dataclass
 class Sample:
     key: str
-    png: bytes
+    image: bytes
     record: dict[str, Any]
     pixel_sha256: str
     phash: int
+    image_ext: str = "png"  # "png" or "jpg" (corpus/encoding.py decides)
 
     def members(self) -> dict[str, bytes]:
         """Tar members by extension: the image, the record and one caption (stock webdataset/open_clip)."""
         return {
             "json": stable_json(self.record),
-            "png": self.png,
+            self.image_ext: self.image,
             "txt": self.record["caption"].encode("utf-8"),
         }
 
@@ -177,13 +177,6 @@ def _scaled_points(points: list[Point], sy: float, sx: float) -> list[Point]:
     return [Point(p.label, (p.xy[0] * sx, p.xy[1] * sy), p.annotator) for p in points]
 
 
-def encode_png(img: np.ndarray, compress_level: int) -> bytes:
-    buf = io.BytesIO()
-    # No timestamps or text chunks: PIL writes none unless asked, so the bytes depend only on the pixels.
-    Image.fromarray(img).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
 def make_sample(
     frame: Frame,
     spec: DatasetSpec,
@@ -263,9 +256,18 @@ def make_sample(
         "regions": region_records,
     }
     pixel_sha = hashlib.sha256(np.ascontiguousarray(img8).tobytes() + str(img8.shape).encode()).hexdigest()
+    # the source JPEG's own bytes only when the stored pixels are exactly its decoded pixels
+    untouched = (out_h, out_w) == (h, w) and intensity == "uint8" and img8.shape == frame.image.shape
+    ext, data = encode_image(
+        img8,
+        modality,
+        png_compress_level=params.png_compress_level,
+        source_jpeg=frame.source_jpeg if untouched else None,
+    )
     sample = Sample(
         key=key,
-        png=encode_png(img8, params.png_compress_level),
+        image=data,
+        image_ext=ext,
         record=record,
         pixel_sha256=pixel_sha,
         phash=imaging.dhash64(img8),

@@ -103,7 +103,8 @@ SAMPLES = pa.schema(
         ("pixel_sha256", pa.string()),
         ("phash", pa.int64()),
         ("split_by_rule", pa.string()),  # the spec's split rule's choice; ``split`` differs after dedup
-        ("png_bytes", pa.int64()),
+        ("image_format", pa.string()),  # png | jpg
+        ("image_bytes", pa.int64()),
         ("shard", pa.string()),
         ("unit", pa.int32()),
     ]

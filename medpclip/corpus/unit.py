@@ -375,7 +375,8 @@ def _sample_row(s, shard: str, unit_no: int, case_hash: str, rule_split: str) ->
         "pixel_sha256": s.pixel_sha256,
         "phash": s.phash,
         "split_by_rule": rule_split,
-        "png_bytes": len(s.png),
+        "image_format": s.image_ext,
+        "image_bytes": len(s.image),
         "shard": shard,
         "unit": unit_no,
     }

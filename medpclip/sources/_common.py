@@ -265,7 +265,9 @@ def read_image(
         else:
             target = img.mode if img.mode in ("L", "RGB") else ("L" if img.mode in ("1", "LA") else "RGB")
         out = img if img.mode == target else img.convert(target)
-        return LoadedImage(np.asarray(out), "uint8")
+        # an RGB JPEG decoded as it is: its bytes can be the stored image (corpus/encoding.py)
+        source = path.read_bytes() if img.format == "JPEG" and img.mode == target == "RGB" else None
+        return LoadedImage(np.asarray(out), "uint8", source_jpeg=source)
 
 
 def load_mask(path: Path, rel: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -50,6 +50,7 @@ class LoadedImage:
     array: np.ndarray
     intensity: Intensity
     spacing_mm: tuple[float, float] | None = None
+    source_jpeg: bytes | None = None  # the file's bytes when it is an RGB JPEG decoded without conversion
 
 
 def check_pixels(shape: Iterable[int], rel: str, max_pixels: int, what: str = "image") -> None:

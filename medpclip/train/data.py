@@ -51,6 +51,7 @@ from PIL import Image
 from scipy import ndimage
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from medpclip.corpus.encoding import image_member
 from medpclip.model.prompt_encoder import KIND_INDEX, KINDS, NO_REGION, RegionPrompts
 from medpclip.regions import decode_rle
 
@@ -306,10 +307,10 @@ class Example:
     record: dict
 
 
-def decode_image(png: bytes) -> Image.Image:
-    """The PNG as 8-bit grey (L) or RGB. Grey (CT, MR, radiographs) stays one channel through warp and
-    jitter, a third of the work; ``collate`` repeats it into the three channels the model takes."""
-    img = Image.open(io.BytesIO(png))
+def decode_image(data: bytes) -> Image.Image:
+    """The sample's PNG or JPEG as 8-bit grey (L) or RGB. Grey (CT, MR, radiographs) stays one channel through
+    warp and jitter, a third of the work; ``collate`` repeats it into the three channels the model takes."""
+    img = Image.open(io.BytesIO(data))
     img.load()
     return img if img.mode in ("L", "RGB") else img.convert("RGB")
 
@@ -674,7 +675,7 @@ class TrainStream(IterableDataset):
         key = raw.get("__key__", "?")
         try:
             record = json.loads(raw["json"])
-            return self.maker(key, raw["png"], record, rng, self.stats)
+            return self.maker(key, image_member(raw)[1], record, rng, self.stats)
         except Exception as e:  # noqa: BLE001 — a broken sample is counted and logged, never fatal
             self.stats.add(f"bad_sample_{type(e).__name__}", detail=f"{key}: {e}")
             return None
@@ -731,6 +732,6 @@ def iter_examples(
             key = raw.get("__key__", "?")
             try:
                 record = json.loads(raw["json"])
-                yield maker(key, raw["png"], record, rng, stats)
+                yield maker(key, image_member(raw)[1], record, rng, stats)
             except Exception as e:  # noqa: BLE001
                 stats.add(f"bad_sample_{type(e).__name__}", detail=f"{dataset} {key}: {e}")

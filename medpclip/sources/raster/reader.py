@@ -499,6 +499,7 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
         intensity=img.intensity,
         spacing_mm=img.spacing_mm,
         image_labels=list(meta.get("image_labels", ())),
+        source_jpeg=img.source_jpeg,
     )
     mask_files = files_of(item, "mask")
     if mask_files:
