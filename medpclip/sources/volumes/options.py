@@ -11,7 +11,15 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from medpclip.sources.base import Glob, Options, ReaderOptions, compile_regex, layout_union, regex_with
+from medpclip.sources.base import (
+    Glob,
+    Globs,
+    Options,
+    ReaderOptions,
+    compile_regex,
+    layout_union,
+    regex_with,
+)
 from medpclip.vocab import Modality, Split
 
 PLACEHOLDER_RE = re.compile(r"\{([a-z]+)\}")
@@ -76,19 +84,25 @@ class VolumeLayout(ReaderOptions):
     table: TableOptions | None = None
     info: str | None = None
     modality_by_id: ModalityById | None = None
+    # case id → why it is never read (a misaligned label the publisher withdrew): one plan note each
+    exclude: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_patterns(self) -> VolumeLayout:
         if isinstance(self.channel, int) and self.channel < 0:
             raise ValueError("channel must be >= 0")
+        for case, why in self.exclude.items():
+            if not case.strip() or not why.strip():
+                raise ValueError(f"exclude: case '{case}' needs an id and a reason (why it is never read)")
         for name, ok in self.PLACEHOLDERS.items():
-            used = set(PLACEHOLDER_RE.findall(getattr(self, name) or ""))
+            raw = getattr(self, name) or ""
+            used = set(PLACEHOLDER_RE.findall(" ".join(raw) if isinstance(raw, list) else raw))
             if used - ok:
                 bad = ", ".join("{" + u + "}" for u in sorted(used - ok))
                 raise ValueError(f"'{name}' cannot use {bad} here (allowed: {sorted(ok) or 'none'})")
             if "sequence" in used and not self.sequence:
                 raise ValueError(f"'{name}' uses {{sequence}}: set option 'sequence' (e.g. flair)")
-            value = getattr(self, name) or ""
+            value = raw if isinstance(raw, str) else ""
             if name in _FILE_PATTERNS and value.lower().endswith(DATA_SUFFIXES):
                 raise ValueError(
                     f"'{name}' names {value.rsplit('.', 1)[-1]} data files: name their .mhd/.nhdr header "
@@ -115,10 +129,33 @@ class _FileVolumes(VolumeLayout):
     # and write a reject row per absent file (skip), refuse the case (reject), or take it as an absent
     # structure without a row (empty: publishers that write no file for what a case lacks)
     missing_masks: Literal["skip", "reject", "empty"] = "skip"
+    # what case_regex (or, without one, the case id itself) is taken from: the folder or file name, or its
+    # path relative to the dataset folder (autoPET: PETCT_<patient>/<study date>, the patient in the parent)
+    case_regex_on: Literal["name", "path"] = "name"
+    # fields (table columns, info keys) holding 0-based frame indices of a 4D image and label: one case per
+    # field, reading that frame only (M&Ms: ED, ES)
+    time_frames: tuple[str, ...] = ()
+    # folder name → the name that replaces it in the {dir} of labels/masks: an annotation tree beside the
+    # image tree (BIDS rawdata/ → derivatives/: VerSe)
+    annotation_dir_parts: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_annotations(self) -> _FileVolumes:
         layout = getattr(self, "layout", "?")
+        for old, new in self.annotation_dir_parts.items():
+            if not all(part and part not in (".", "..") and "/" not in part for part in (old, new)):
+                raise ValueError(
+                    f"annotation_dir_parts: '{old}' → '{new}' must map one folder name to another (no '/')"
+                )
+        if self.time_frames:
+            if self.table is None and self.info is None:
+                raise ValueError(
+                    "time_frames names fields of a per-case table or info file: set 'table' or 'info'"
+                )
+            if self.channel is not None:
+                raise ValueError("time_frames and channel both pick the 4th axis: set only one")
+            if len(set(self.time_frames)) != len(self.time_frames):
+                raise ValueError("time_frames names a field twice")
         if (self.labels is None) == (self.masks is None):
             raise ValueError(f"layout '{layout}' needs exactly one of 'labels' and 'masks'")
         if self.masks is not None and "{label}" not in self.masks:
@@ -157,7 +194,7 @@ class CaseVolumes(_FileVolumes):
     }
 
     layout: Literal["cases"]
-    cases: Glob
+    cases: Globs
     image: str
 
 

@@ -12,8 +12,9 @@ Layouts (``spec.format.options.layout``) say how cases are found:
 - ``pairs`` — one case per image file: ``images`` (a glob) and ``labels`` or ``masks`` (patterns).
   ``case_regex`` (group ``case``) turns the image's stem into the case id; images it does not match are not
   cases. A label file whose image is missing still becomes a case, rejected as ``missing_file``.
-- ``cases`` — one case per folder: ``cases`` (a glob of folders; the folder name, or ``case_regex``'s group
-  ``case`` on it, is the case id), ``image`` and ``labels`` or ``masks`` (patterns).
+- ``cases`` — one case per folder: ``cases`` (a glob of folders, or a list of globs whose matches are joined;
+  the folder name, or ``case_regex``'s group ``case`` on it, is the case id), ``image`` and ``labels`` or
+  ``masks`` (patterns).
 
 Pattern placeholders: ``{case}``; ``{stem}`` (pairs: the image file name without its image suffix,
 ``.nii.gz``/``.nii``/``.mha``/``.mhd``/``.nrrd``/``.nhdr``); ``{dir}`` (the image's folder in pairs, the case
@@ -44,6 +45,13 @@ More options:
 - ``split_by_path`` — prefix of the image path (relative to the dataset folder) → official split.
 - ``annotation_dirs`` (pairs) — image folder → the folder holding its labels or masks, which ``{dir}`` then
   names in ``labels``/``masks`` (WORD: ``imagesTr`` → ``labelsTr``, ``imagesVal`` → ``labelsVal``).
+- ``annotation_dir_parts`` (pairs, cases) — folder name → the name that replaces it in the ``{dir}`` of
+  ``labels``/``masks``: an annotation tree beside the image tree, whatever the depth (BIDS ``rawdata`` →
+  ``derivatives``: VerSe's ``dataset-01training/rawdata/sub-gl003/`` has its masks in
+  ``dataset-01training/derivatives/sub-gl003/``). Applied after ``annotation_dirs``; each side is one folder
+  name (checked when the spec loads). A label without its image is a rejected case only where ``images``
+  could have put that image (its folder with the names swapped back matches the glob's folder): another
+  release's derivatives beside the one read (VerSe'19's) are not cases.
 - ``table`` — a delimited file of per-case rows (``path``, ``delimiter``, ``id_column``, ``split_column``;
   UTF-8 with or without BOM): the split column gives the official split, the row's columns are fields for
   ``patient_id.field``. A row naming a case that is not on disk becomes a rejected case.
@@ -51,6 +59,22 @@ More options:
   are kept in the item's meta. A case without one is read all the same.
 - ``modality_by_id`` — ``regex`` (group ``id``) over the case id and ``ranges`` of ``{first, last,
   modality}``: mixed-modality datasets (AMOS22: ids up to 500 are CT, above are MR). Sets ``Frame.modality``.
+- ``case_regex_on`` (pairs, cases) — ``name`` (default): ``case_regex`` (or, without one, the case id itself)
+  is taken from the image's stem (pairs) or the folder's name (cases); ``path``: from its path relative to
+  the dataset folder (pairs: ``<folder>/<stem>``). For datasets whose case folder is a study inside a
+  patient folder (autoPET ``PETCT_<patient>/<study date>/``): the case id keeps the parent, and
+  ``patient_id.regex`` takes the patient from it, so a patient's studies share one split.
+- ``exclude`` — case id (as discovered, before ``time_frames``) → why it is never read (ATM'22's withdrawn
+  ``ATM_164_0000``). Each such case is one plan-stage ``excluded_case`` row with that reason (``discover``
+  returns them as ``frame.DiscoveryNote``), never a silent drop; an id no case on disk has is one such row
+  too (a release without it, or a typo that would otherwise read the very case meant to be left out). Checked
+  when the spec loads: every entry needs an id and a reason.
+- ``time_frames`` (pairs, cases) — fields (``table`` columns or ``info`` keys) holding 0-based time-frame
+  indices of a 4D image and its 4D label or masks (M&Ms ``ED``, ``ES``): the case becomes one case per
+  field, ``<case>_<field>`` (``A0S9V9_ED``), which reads only that frame of image and annotation; the frames
+  of a case are one study. A value that is not a non-negative integer is ``bad_row`` (read); a frame past the
+  file's last is ``bad_dimensions``. Needs ``table`` or ``info``, and excludes ``channel`` (both pick the
+  fourth axis).
 
 Reading: NIfTI (and Analyze, MGH) with nibabel; MetaImage (``.mha``, ``.mhd`` + ``.raw``/``.zraw``) and NRRD
 (``.nrrd``, ``.nhdr``) with SimpleITK (``itk_images.py``), as an image in nibabel's ``(x, y, z[, c])`` order with
@@ -66,6 +90,7 @@ the true axes, and cut into display slices along every plane of ``spec.slicing``
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import re
@@ -170,6 +195,7 @@ def discover(spec: DatasetSpec, root: Path) -> Generator[SourceItem, None, list[
                 break
     if opts.table is not None:
         cases = _apply_table(spec, root, opts, cases)
+    cases, notes = _exclude(spec, opts, cases)
     items = []
     for c in cases:
         if opts.info is not None and c.error is None:
@@ -194,20 +220,21 @@ def discover(spec: DatasetSpec, root: Path) -> Generator[SourceItem, None, list[
             else:
                 c.meta["modality"] = modality
         files = [SourceFile(role, raw_path(spec, rel)) for role, rel in c.files]
-        items.append(
-            make_item(
-                spec,
-                c.case,
-                files,
-                fields=c.fields,
-                study_id=study,
-                official_split=c.official,
-                meta=c.meta,
-                error=c.error,
+        for case, meta, error, case_study in _frame_cases(opts, c, study):
+            items.append(
+                make_item(
+                    spec,
+                    case,
+                    files,
+                    fields=c.fields,
+                    study_id=case_study,
+                    official_split=c.official,
+                    meta=meta,
+                    error=error,
+                )
             )
-        )
     yield from sorted_items(items)
-    return [
+    return notes + [
         DiscoveryNote(
             "missing_file",
             f"case '{c.case}': {raw_path(spec, rel)} is absent; the case is built with its other "
@@ -218,6 +245,56 @@ def discover(spec: DatasetSpec, root: Path) -> Generator[SourceItem, None, list[
         if c.error is None
         for rel in c.absent
     ]
+
+
+def _exclude(
+    spec: DatasetSpec, opts: VolumeLayout, cases: list[_Case]
+) -> tuple[list[_Case], list[DiscoveryNote]]:
+    """Cases the spec's ``exclude`` names are never read: one plan note each, with the spec's reason; an id
+    no case on disk has is one note too (a typo there would read the very case meant to be left out)."""
+    if not opts.exclude:
+        return cases, []
+    kept, notes, seen = [], [], set()
+    for c in cases:
+        why = opts.exclude.get(c.case)
+        if why is None:
+            kept.append(c)
+            continue
+        seen.add(c.case)
+        path = raw_path(spec, c.files[0][1]) if c.files else spec.root
+        detail = f"case '{c.case}' is not read: {why} (format.options.exclude)"
+        notes.append(DiscoveryNote("excluded_case", detail, path))
+    for case in sorted(set(opts.exclude) - seen):
+        detail = (
+            f"format.options.exclude names case '{case}' ({opts.exclude[case]}), which is not on disk: "
+            f"a release without it, or a typo in the id"
+        )
+        notes.append(DiscoveryNote("excluded_case", detail, spec.root))
+    return kept, sorted(notes, key=lambda n: n.detail)
+
+
+def _frame_cases(
+    opts: VolumeLayout, c: _Case, study: str | None
+) -> list[tuple[str, dict[str, object], tuple[str, str] | None, str | None]]:
+    """The case as items: itself, or (``time_frames``) one per named frame field, ``<case>_<field>``, each
+    reading that 0-based frame of its 4D image and label; the frames of a case are one study."""
+    names = getattr(opts, "time_frames", ())
+    if not names:
+        return [(c.case, c.meta, c.error, study)]
+    out = []
+    for name in names:
+        meta, error = dict(c.meta), c.error
+        value = str(c.fields.get(name, "")).strip()
+        if value.isdigit():
+            meta["frame"] = int(value)
+        else:
+            where = opts.table.path if opts.table is not None else "its info file"
+            error = error or (
+                "bad_row",
+                f"case '{c.case}': time frame '{name}' is {value or 'absent'!r} in {where}, not a frame index",
+            )
+        out.append((f"{c.case}_{name}", meta, error, study or c.case))
+    return out
 
 
 def _check_intensity(spec: DatasetSpec, opts: VolumeLayout) -> None:
@@ -329,17 +406,37 @@ def _pair_cases(spec: DatasetSpec, root: Path, opts: PairVolumes) -> list[_Case]
         if is_data_file(path.name):  # Case00.raw beside Case00.mhd: the header's voxels, not an image
             continue
         stem = file_stem(path.name)
-        case = _case_of(stem, opts.case_regex)
+        folder = PurePosixPath(rel).parent.as_posix()
+        named = stem if opts.case_regex_on == "name" else strip_dot(f"{folder}/{stem}").as_posix()
+        case = _case_of(named, opts.case_regex)
         if case is None:
             continue  # not an image of this layout (e.g. a second channel file `_0001`)
-        folder = PurePosixPath(rel).parent.as_posix()
-        beside = opts.annotation_dirs.get(folder, folder)
+        beside = _annotation_dir(opts, opts.annotation_dirs.get(folder, folder))
         files, meta, absent = _annotations(spec, root, opts, case=case, dir=beside, stem=stem)
         out.append(_Case(case, [("image", rel), *files], dir=folder, stem=stem, meta=meta, absent=absent))
         used.update(p for _, p in files)
     if opts.labels is not None:
         out.extend(_orphan_labels(opts, sorted(label_files - used), {c.case for c in out}))
     return out
+
+
+def _beside_images(opts: PairVolumes, folder: str | None) -> bool:
+    """Whether an annotation folder (``{dir}`` of a label) is where ``annotation_dir_parts`` puts the labels
+    of an image folder that ``images`` can match: its parts swapped back, matched against the glob's folder."""
+    if folder is None:
+        return True
+    back = {new: old for old, new in opts.annotation_dir_parts.items()}
+    image_folder = "/".join(back.get(part, part) for part in folder.split("/"))
+    pattern = PurePosixPath(_fill(opts.images, sequence=opts.sequence)).parent.as_posix()
+    return fnmatch.fnmatchcase(image_folder, pattern)
+
+
+def _annotation_dir(opts: PairVolumes | CaseVolumes, folder: str) -> str:
+    """The ``{dir}`` of a case's annotations: its folder with ``annotation_dir_parts`` swapped in
+    (``dataset-01training/rawdata/sub-gl003`` → ``dataset-01training/derivatives/sub-gl003``)."""
+    if not opts.annotation_dir_parts:
+        return folder
+    return "/".join(opts.annotation_dir_parts.get(part, part) for part in folder.split("/"))
 
 
 def _case_of(stem: str, case_regex: str | None) -> str | None:
@@ -359,7 +456,13 @@ def _orphan_labels(opts: PairVolumes, paths: list[str], known: set[str]) -> list
         if m is None:
             continue
         groups = m.groupdict()
-        case = groups.get("case") or _case_of(groups.get("stem") or "", opts.case_regex) or groups.get("stem")
+        if opts.annotation_dir_parts and not _beside_images(opts, groups.get("dir")):
+            continue  # another image tree's annotations (VerSe'19's derivatives beside VerSe'20's)
+        named = groups.get("stem") or ""
+        if opts.case_regex_on == "path":  # the label's own path: the best guess at its image's
+            named = strip_dot(f"{PurePosixPath(rel).parent.as_posix()}/{file_stem(PurePosixPath(rel).name)}")
+            named = named.as_posix()
+        case = groups.get("case") or _case_of(named, opts.case_regex) or groups.get("stem")
         if not case or case in known:
             continue
         known.add(case)
@@ -372,15 +475,23 @@ def _orphan_labels(opts: PairVolumes, paths: list[str], known: set[str]) -> list
 
 
 def _folder_cases(spec: DatasetSpec, root: Path, opts: CaseVolumes) -> list[_Case]:
-    folders = sorted(p for p in root.glob(opts.cases) if p.is_dir() and not is_junk(p.relative_to(root)))
+    patterns = [opts.cases] if isinstance(opts.cases, str) else opts.cases
+    folders = sorted(
+        {
+            p
+            for pattern in patterns
+            for p in root.glob(pattern)
+            if p.is_dir() and not is_junk(p.relative_to(root))
+        }
+    )
     out = []
     for folder in folders:
-        case = _case_of(folder.name, opts.case_regex)
+        rel = folder.relative_to(root).as_posix()
+        case = _case_of(rel if opts.case_regex_on == "path" else folder.name, opts.case_regex)
         if case is None:
             continue
-        rel = folder.relative_to(root).as_posix()
         image = _resolve(root, _fill(opts.image, case=case, dir=rel, sequence=opts.sequence))
-        files, meta, absent = _annotations(spec, root, opts, case=case, dir=rel)
+        files, meta, absent = _annotations(spec, root, opts, case=case, dir=_annotation_dir(opts, rel))
         out.append(_Case(case, [("image", image), *files], dir=rel, meta=meta, absent=absent))
     return out
 
@@ -523,10 +634,15 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     modality = str(meta.get("modality") or spec.modality)
     intensity = "hu" if modality == "CT" else "raw"
     channel = meta.get("channel", opts.channel if isinstance(opts.channel, int) else None)
+    frame_index = meta.get("frame")  # time_frames: this case is one frame of a 4D image and label
+    frame_index = None if frame_index is None else int(frame_index)
     image_rel = file_of(item, "image")
     image_img = _load(raw_root, image_rel)
     limit = opts.max_pixels
-    image = _image_array(image_img, image_rel, None if channel is None else int(channel), limit)
+    if frame_index is not None:
+        image = _image_array(image_img, image_rel, frame_index, limit, axis="time frame")
+    else:
+        image = _image_array(image_img, image_rel, None if channel is None else int(channel), limit)
     axes = nib.aff2axcodes(image_img.affine)
 
     def frame(index: int, img2d: np.ndarray, spacing: tuple[float, float], plane: str, **ann) -> Frame:
@@ -550,7 +666,7 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
             )
         crops = []
         for label, rel in zip(structures, paths, strict=True):
-            crop = _structure(raw_root, rel, image.shape, axes, image_img.affine, limit)
+            crop = _structure(raw_root, rel, image.shape, axes, image_img.affine, limit, frame_index)
             if crop is not None:  # an all-zero mask: the structure is absent from this case
                 crops.append((label, *crop))
         image, zooms = reorient_canonical(image, image_img.affine)
@@ -562,7 +678,7 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
 
     label_rel = file_of(item, "label")
     label_img = _load(raw_root, label_rel)
-    labels = _label_array(label_img, label_rel, spec, limit)
+    labels = _label_array(label_img, label_rel, spec, limit, frame_index)
     if image.shape != labels.shape:
         raise ReadError("shape_mismatch", f"image {image.shape} != label {labels.shape} ({image_rel})")
     _same_axes(axes, label_img, label_rel)
@@ -618,20 +734,24 @@ def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _image_array(
-    img: nib.spatialimages.SpatialImage, rel: str, channel: int | None, max_pixels: int
+    img: nib.spatialimages.SpatialImage, rel: str, channel: int | None, max_pixels: int, axis: str = "channel"
 ) -> np.ndarray:
     """The image volume (x, y, z), its size checked against the header before reading, non-finite voxels
     refused (a NaN/inf voxel has no display value: rendering it as black would make the image silently
-    wrong)."""
+    wrong). ``channel`` picks one index of a 4D image's last axis (a channel, or a time frame)."""
     shape = _spatial(img.shape)
     check_pixels(img.shape, rel, max_pixels, "volume")
+    if axis != "channel" and len(shape) != 4:
+        raise ReadError(
+            "bad_dimensions", f"{rel}: image shape {tuple(img.shape)} has no time frames (not 4D)"
+        )
     if len(shape) == 4:
         if channel is None:
             raise ReadError(
                 "bad_dimensions", f"{rel}: 4D image with {shape[3]} channels needs option 'channel'"
             )
         if not 0 <= channel < shape[3]:
-            raise ReadError("bad_dimensions", f"{rel}: channel {channel} of {shape[3]} does not exist")
+            raise ReadError("bad_dimensions", f"{rel}: {axis} {channel} of {shape[3]} does not exist")
         data = _voxels(img, rel, channel).reshape(shape[:3])
     elif len(shape) not in (2, 3):
         raise ReadError("bad_dimensions", f"{rel}: image shape {tuple(img.shape)} is not 2D/3D/4D")
@@ -648,8 +768,20 @@ def _image_array(
     return data
 
 
-def _annotation_array(img: nib.spatialimages.SpatialImage, rel: str, max_pixels: int) -> np.ndarray:
+def _annotation_array(
+    img: nib.spatialimages.SpatialImage, rel: str, max_pixels: int, frame: int | None = None
+) -> np.ndarray:
+    """A 2D/3D annotation volume, or (``frame``) one time frame of a 4D one."""
     shape = _spatial(img.shape)
+    if frame is not None:
+        if len(shape) != 4:
+            raise ReadError(
+                "bad_dimensions", f"{rel}: annotation shape {tuple(img.shape)} has no time frames"
+            )
+        if not 0 <= frame < shape[3]:
+            raise ReadError("bad_dimensions", f"{rel}: time frame {frame} of {shape[3]} does not exist")
+        check_pixels(shape, rel, max_pixels, "annotation volume")
+        return _voxels(img, rel, frame).reshape(shape[:3])
     if len(shape) not in (2, 3):
         raise ReadError("bad_dimensions", f"{rel}: annotation shape {tuple(img.shape)} is not 2D/3D")
     check_pixels(shape, rel, max_pixels, "annotation volume")
@@ -658,10 +790,14 @@ def _annotation_array(img: nib.spatialimages.SpatialImage, rel: str, max_pixels:
 
 
 def _label_array(
-    img: nib.spatialimages.SpatialImage, rel: str, spec: DatasetSpec, max_pixels: int
+    img: nib.spatialimages.SpatialImage,
+    rel: str,
+    spec: DatasetSpec,
+    max_pixels: int,
+    frame: int | None = None,
 ) -> np.ndarray:
     """Label volume → smallest unsigned integer array; values must be 0 or a spec label value."""
-    data = _annotation_array(img, rel, max_pixels)
+    data = _annotation_array(img, rel, max_pixels, frame)
     if data.dtype.kind == "f":  # float-stored labels (an MSD quirk): nearest integer
         if not np.isfinite(data).all():
             raise ReadError("bad_label_value", f"{rel}: non-finite label values")
@@ -705,12 +841,18 @@ _Crop = tuple[tuple[int, int, int], np.ndarray]  # offset in the canonical volum
 
 
 def _structure(
-    raw_root: Path, rel: str, shape: tuple[int, ...], axes: tuple, affine: np.ndarray, max_pixels: int
+    raw_root: Path,
+    rel: str,
+    shape: tuple[int, ...],
+    axes: tuple,
+    affine: np.ndarray,
+    max_pixels: int,
+    frame: int | None = None,
 ) -> _Crop | None:
     """One structure's mask, canonical and cropped to its bounding box (a whole-body CT has ~100 of them:
     full-size copies of each would not fit in a worker). None when the mask is empty."""
     img = _load(raw_root, rel)
-    data = _annotation_array(img, rel, max_pixels)
+    data = _annotation_array(img, rel, max_pixels, frame)
     if data.shape != shape:
         raise ReadError("shape_mismatch", f"image {shape} != mask {data.shape} ({rel})")
     _same_axes(axes, img, rel)
