@@ -27,6 +27,13 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _corpus_error_code(e: Exception) -> int:
+    """1 when the corpus's object store cannot be read (what to fix is outside the command line), else 2."""
+    from medpclip.warehouse import CorpusUnreachable
+
+    return 1 if isinstance(e, CorpusUnreachable) else 2
+
+
 def _check_out_dir(out: Path, option: str = "--out") -> None:
     """A directory the command creates: refuse, in one line, a path that is (or lies under) a file."""
     for p in (out, *out.parents):
@@ -144,7 +151,9 @@ def query(
             help="one SQL statement over the views samples, regions, sources, rejects, units, shards, concepts"
         ),
     ],
-    corpus: Annotated[Path, typer.Option("--corpus", help="corpus directory")],
+    corpus: Annotated[
+        str, typer.Option("--corpus", help="corpus directory or object-storage URL (s3://bucket/prefix)")
+    ],
     fmt: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
 ) -> None:
     """Ask DuckDB a question about a corpus."""
@@ -158,7 +167,7 @@ def query(
     try:
         columns, rows = run_query(corpus, sql)
     except CorpusError as e:
-        _fail(str(e))
+        _fail(str(e), _corpus_error_code(e))
     except duckdb.Error as e:
         _fail(" ".join(str(e).split()))
     if fmt == "json":
@@ -184,7 +193,7 @@ def query(
 @app.command()
 def show(
     key: Annotated[str, typer.Argument(help="sample key")],
-    corpus: Annotated[Path, typer.Option("--corpus")],
+    corpus: Annotated[str, typer.Option("--corpus", help="corpus directory or object-storage URL")],
     out: Annotated[Path, typer.Option("--out", help="PNG file to write")],
 ) -> None:
     """Draw a sample's regions (masks, boxes, points, labels) on its image."""
@@ -195,7 +204,7 @@ def show(
     try:
         image, record = load_sample(corpus, key)
     except CorpusError as e:
-        _fail(str(e))
+        _fail(str(e), _corpus_error_code(e))
     except KeyError as e:
         _fail(e.args[0])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +213,9 @@ def show(
 
 
 @app.command("validate")
-def validate_corpus(corpus: Annotated[Path, typer.Option("--corpus")]) -> None:
+def validate_corpus(
+    corpus: Annotated[str, typer.Option("--corpus", help="corpus directory or object-storage URL")],
+) -> None:
     """Re-check a corpus: shard hashes, records against the schema, regions against their masks, counts."""
     from medpclip.corpus.inspect import check_corpus
     from medpclip.warehouse import CorpusError
@@ -212,7 +223,7 @@ def validate_corpus(corpus: Annotated[Path, typer.Option("--corpus")]) -> None:
     try:
         report = check_corpus(corpus)
     except CorpusError as e:
-        _fail(str(e))
+        _fail(str(e), _corpus_error_code(e))
     for problem in report.problems[:50]:
         err.print(f"- {problem}", highlight=False, soft_wrap=True)
     console.print(

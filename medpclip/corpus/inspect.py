@@ -19,7 +19,8 @@ from medpclip.corpus.schema import KEY_RE, load_sample_json_schema
 from medpclip.corpus.shards import iter_samples, read_sample
 from medpclip.fileio import load_json
 from medpclip.regions import decode_rle, tight_box
-from medpclip.warehouse import CorpusError, connect
+from medpclip.storage import corpus_path
+from medpclip.warehouse import connect, open_corpus
 
 
 def read_samples(corpus: Path, shard_keys: list[tuple[str, str]]) -> dict[str, tuple[np.ndarray, dict]]:
@@ -29,7 +30,7 @@ def read_samples(corpus: Path, shard_keys: list[tuple[str, str]]) -> dict[str, t
         wanted.setdefault(shard, set()).add(key)
     found: dict[str, tuple[np.ndarray, dict]] = {}
     for shard, keys in sorted(wanted.items()):
-        for key, members in iter_samples(Path(corpus) / shard):
+        for key, members in iter_samples(corpus_path(corpus) / shard):
             if key in keys:
                 found[key] = (
                     np.asarray(Image.open(io.BytesIO(image_member(members)[1]))),
@@ -51,7 +52,7 @@ def load_sample(corpus: Path, key: str) -> tuple[np.ndarray, dict]:
         raise KeyError(
             f"no sample '{key}' in {corpus} (try: medpclip query --corpus {corpus} \"SELECT key FROM samples LIMIT 5\")"
         )
-    members = read_sample(Path(corpus) / row[0], key)
+    members = read_sample(corpus_path(corpus) / row[0], key)
     return np.asarray(Image.open(io.BytesIO(image_member(members)[1]))), json.loads(members["json"])
 
 
@@ -197,9 +198,7 @@ def check_corpus(corpus: Path) -> CheckReport:
     size and sha256, every record against the JSON schema, the samples manifest and the region invariants
     of DESIGN §4, the indexes (sizes.json, wids) against the shards, files no marker accounts for, and
     duplicates across splits."""
-    corpus = Path(corpus)
-    if not (corpus / "build.json").is_file():
-        raise CorpusError(f"'{corpus}' is not a corpus (no build.json)")
+    corpus = open_corpus(corpus)  # a folder or an object-storage prefix, read in place
     report = CheckReport()
     problems = report.problems
     validator = jsonschema.Draft202012Validator(load_sample_json_schema())
@@ -232,7 +231,7 @@ def check_corpus(corpus: Path) -> CheckReport:
         count = 0
         last = ""
         try:
-            for key, members in iter_samples(p):
+            for key, members in iter_samples(data):
                 count += 1
                 report.samples += 1
                 if key <= last:

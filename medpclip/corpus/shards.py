@@ -130,11 +130,20 @@ class _HashingWriter:
         self._f.flush()
 
 
-def iter_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) of a shard, in file order. For checks and tools; training uses webdataset."""
+def iter_samples(path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) of a shard, in file order. For checks and tools; training uses webdataset.
+    ``path``: a local path, a ``UPath`` into object storage (``storage.corpus_path``), or the shard's bytes."""
+    if isinstance(path, bytes):
+        yield from _iter_tar(io.BytesIO(path))
+        return
+    with (Path(path) if isinstance(path, str) else path).open("rb") as f:
+        yield from _iter_tar(f)
+
+
+def _iter_tar(fileobj) -> Iterator[tuple[str, dict[str, bytes]]]:
     current: str | None = None
     members: dict[str, bytes] = {}
-    with tarfile.open(path, "r") as tar:
+    with tarfile.open(fileobj=fileobj, mode="r") as tar:
         for info in tar:
             if not info.isfile():
                 continue
