@@ -105,6 +105,8 @@ def test_report_language_forms(pipeline, text, expected):
             [("Lung consolidation", "negated", None), ("Scar", "uncertain", "right")],
         ),
         ("There is no evidence of tortuous aorta.", [("Tortuous aorta", "negated", None)]),
+        ("Rule out pneumonia.", [("Pneumonia", "uncertain", None)]),  # an order, not a finding
+        ("Pneumonia has been ruled out.", [("Pneumonia", "negated", None)]),
         ("Small left pleural effusion.", [("Pleural effusion", "positive", "left")]),
         (
             "Heart size and pulmonary vascular engorgement appear within limits of normal.",

@@ -121,8 +121,8 @@ NEG_TERMS: dict[str, list[str]] = {
     "termination": ["there is", "there are", "there has been", "with interval", "consistent with", ";"],
 }
 
-# Hedge cues, run through negspacy's NegEx as a second pass (extension ``uncertain``): the phrase sets of
-# the CheXpert labeler's and NegBio's uncertainty rules, written as NegEx trigger lists.
+# Hedge cues, run through negspacy's NegEx as a second pass (extension ``uncertain``): written for this
+# project after the categories of the CheXpert labeler's and NegBio's uncertainty rules (not copied from them).
 HEDGE_TERMS: dict[str, list[str]] = {
     "preceding_negations": [
         "possible",
@@ -166,6 +166,8 @@ HEDGE_TERMS: dict[str, list[str]] = {
         "to identify",
         "to exclude",
         "to rule out",
+        "rule out",
+        "r/o",
         "evaluate for",
         "evaluation for",
         "assess for",
@@ -324,7 +326,8 @@ def _negex_termset() -> dict[str, list[str]]:
     out = {k: set(base[k]) | set(NEG_TERMS.get(k, [])) for k in base}
     out["termination"] |= set(_HEDGES_ENDING_NEGATION)
     hedges = set(HEDGE_TERMS["preceding_negations"]) | set(HEDGE_TERMS["following_negations"])
-    # en_clinical lists a few hedges as negations ('rule out', 'r/o'): those are the uncertainty pass's
+    # en_clinical lists a few hedges as negations ('rule out', 'r/o', 'evaluate for', 'versus'): those are
+    # the uncertainty pass's ('pneumonia ruled out' stays a negation)
     out["preceding_negations"] -= hedges
     out["following_negations"] -= hedges
     return {k: sorted(v) for k, v in out.items()}
