@@ -224,7 +224,7 @@ def bounded_report(text: str | None, limit: int = MAX_REPORT_CHARS) -> tuple[str
 
 
 def link_report(text: str):
-    """The report's sentences and concept mentions (negation, laterality), from the process's pipeline."""
+    """The report's sentences and concept mentions (assertion, laterality), from the process's pipeline."""
     from medpclip.text.nlp import link
 
     return link(text)
