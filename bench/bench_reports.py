@@ -74,14 +74,14 @@ def _anchor(texts: list[str], linked, python: Path) -> list[_Linked]:
     return result
 
 
-def _misses(reports, linked, findings) -> Counter:
+def _misses(reports, linked, findings, kb) -> Counter:
     """Why each false negative was missed: the concept found but hedged, found but negated, or not found."""
     why: Counter = Counter()
     for rep, lt in zip(reports, linked, strict=True):
         if rep.text is None:
             continue
         for f in findings:
-            if f.in_mesh(rep.majors) and not f.in_mentions(lt.mentions):
+            if f.in_mesh(rep.majors) and not f.in_mentions(lt.mentions, kb):
                 found = [m for m in lt.mentions if m.concept_id in f.concepts or m.category == f.category]
                 kinds = {m.assertion for m in found}
                 why[
@@ -146,7 +146,7 @@ def main(split: str = "dev", rounds: int = 5, medspacy_python: Path | None = MED
         "sentences_per_report": round(sum(len(lt.sentences) for lt in linked) / len(linked), 2),
         "pinned": pinned,
         "rows": rows,
-        "misses": dict(_misses(reports, linked, findings)),
+        "misses": dict(_misses(reports, linked, findings, kb)),
         "normal_offenders": [f"{rid}: {text}" for rid, text in score.normal_offenders],
         "per_finding": {
             f.name: {

@@ -55,7 +55,13 @@ def build(
     raw_root: Annotated[
         Path, typer.Option("--raw-root", help="folder holding the datasets as their archives unpack")
     ],
-    out: Annotated[Path, typer.Option("--out", help="corpus directory (created; finished units are kept)")],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            help="corpus directory (created; finished units are kept) or object-storage URL (s3://bucket/prefix)",
+        ),
+    ],
     ray_address: Annotated[
         str | None,
         typer.Option(
@@ -80,7 +86,10 @@ def build(
     ] = 256 * 2**20,  # medpclip.corpus.shards.DEFAULT_SHARD_BYTES (tests/test_params.py checks)
 ) -> None:
     """Build (or resume) a corpus. Exit 0 when the build finished, even with rejected inputs."""
-    _check_out_dir(out)
+    from medpclip.storage import is_url
+
+    if not is_url(out):
+        _check_out_dir(Path(out))
     from medpclip.corpus.build import BuildError, build_corpus
     from medpclip.qa.progress import BuildProgress
     from medpclip.specs import SpecError, resolve_specs
@@ -112,7 +121,7 @@ def build(
     console.print(
         f"corpus: {result.out}  ({result.units_run} units built on {len(result.nodes)} Ray node(s), "
         f"{result.units_skipped} kept{rerun}, {result.seconds:.1f}s)\n"
-        f"report: {result.out / 'report' / 'index.html'}",
+        f"report: {result.out / 'report' / 'index.html'}",  # a folder or an object-storage prefix
         highlight=False,
         soft_wrap=True,  # never a line break inside a path someone will copy (or a script will grep)
     )

@@ -1,7 +1,8 @@
 """Generic file helpers with no medpclip dependencies: the build's one JSON encoding, hashing, atomic writes.
 
 Every file is written under a temporary name in the same directory and renamed when complete, so a final
-name never holds a partial file.
+name never holds a partial file. In object storage (a ``UPath`` from ``medpclip.storage``) there is no rename
+and none is needed: an object PUT is all or nothing, so the object is written under its final name.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def sha256_file(path: Path) -> str:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a whole file under a temporary name, then rename: readers see the old file or the new one."""
+    if not isinstance(path, Path):  # an object store: one PUT, never visible half-written
+        path.write_bytes(data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:

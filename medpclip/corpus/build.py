@@ -51,6 +51,7 @@ from medpclip.fileio import atomic_write_json, load_json
 from medpclip.qa.report import write_report
 from medpclip.raysession import ray_session
 from medpclip.specs import DatasetSpec
+from medpclip.storage import StorageError, check_location, corpus_path, filesystem, location_str
 
 _IN_FLIGHT_PER_CPU = 2  # enough that a CPU never waits on the driver for its next unit
 
@@ -108,12 +109,37 @@ def run_units(
 
 
 def _clean_temporaries(out: Path) -> int:
-    """Temporary files left by a killed build; one build writes to one corpus at a time."""
+    """Temporary files left by a killed build; one build writes to one corpus at a time. (Object storage
+    has none: objects are written under their final names, units staged on the nodes' own disks.)"""
+    if not isinstance(out, Path):
+        return 0
     n = 0
     for p in out.rglob(".*.tmp-*"):
         p.unlink(missing_ok=True)
         n += 1
     return n
+
+
+def _out_location(out: str | Path):
+    """``--out`` as a path object: a local folder (resolved) or an object-storage prefix whose bucket must
+    exist (a build never creates buckets: a typo would otherwise make one)."""
+    path = corpus_path(out)
+    if isinstance(path, Path):
+        return path.resolve()
+    bucket = path.path.split("/", 1)[0]
+    try:
+        found = path.fs.exists(bucket)
+    except Exception as e:  # noqa: BLE001 — endpoint/credential failures: one line, as the readers give
+        try:
+            check_location(path)
+        except StorageError as err:
+            raise BuildError(str(err)) from None
+        raise BuildError(f"{location_str(path)}: {type(e).__name__}: {e}") from None
+    if not found:
+        raise BuildError(
+            f"{location_str(path)}: no bucket '{bucket}': create it first (a build never creates buckets)"
+        )
+    return path
 
 
 def prepare_build(
@@ -128,7 +154,7 @@ def prepare_build(
 ) -> Plan:
     """Check arguments, plan, and make ``out`` ready: temporaries of a killed build removed, markers removed
     when ``force``. Raises :class:`BuildError` (one line) when nothing can run."""
-    raw_root, out = Path(raw_root).resolve(), Path(out).resolve()
+    raw_root, out = Path(raw_root).resolve(), _out_location(out)
     if not raw_root.is_dir():
         raise BuildError(f"raw root '{raw_root}' is not a directory")
     if max_side < 16:
@@ -145,7 +171,8 @@ def prepare_build(
         )
         names = ", ".join(s.name for s in specs)
         raise BuildError(f"nothing to build: no readable items in {names} — {reasons or 'no items found'}")
-    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(out, Path):
+        out.mkdir(parents=True, exist_ok=True)
     _clean_temporaries(out)
     if force:
         for u in plan.units:
@@ -165,8 +192,11 @@ def _duplicate_rows(plan: Plan) -> list[tuple[str, str, str, str]]:
     ]
     if not files:
         return []
-    listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    listing = ", ".join("'" + location_str(f).replace("'", "''") + "'" for f in files)
     con = duckdb.connect()
+    fs = filesystem(plan.out)
+    if fs is not None:
+        con.register_filesystem(fs)
     try:
         return con.execute(
             f"""

@@ -107,7 +107,7 @@ def derive_overrides(rows: Iterable[tuple[str, str, str, str]]) -> Overrides:
 
 
 def overrides_path(out: Path) -> Path:
-    return Path(out) / OVERRIDES_FILE
+    return (Path(out) if isinstance(out, str) else out) / OVERRIDES_FILE
 
 
 def load_overrides(out: Path) -> Overrides:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medpclip.corpus import schema
@@ -33,6 +35,7 @@ from medpclip.sources import get_reader
 from medpclip.sources._common import inside_dataset
 from medpclip.sources.base import Reader
 from medpclip.specs import DatasetSpec
+from medpclip.storage import corpus_path
 
 log = logging.getLogger("medpclip.build")
 
@@ -78,6 +81,11 @@ def remove_stale_units(out: Path, plan: Plan) -> int:
 
 
 def write_parquet(path: Path, kind: str, rows: list[dict[str, Any]]) -> None:
+    if not isinstance(path, Path):  # object storage: the same bytes, one PUT (see fileio)
+        buf = pa.BufferOutputStream()
+        pq.write_table(schema.table(kind, rows), buf, compression="zstd", write_statistics=True)
+        path.write_bytes(buf.getvalue().to_pybytes())
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     # No statistics timestamps or writer-version drift within a pinned pyarrow: same rows → same bytes.
@@ -88,8 +96,15 @@ def write_parquet(path: Path, kind: str, rows: list[dict[str, Any]]) -> None:
 
 def run_unit(unit: WorkUnit) -> dict[str, Any]:
     """Process one unit end to end; returns its marker (the unit's stats). Never raises for bad data: an
-    item that cannot be read, or a frame that cannot be harmonised, becomes a reject row."""
-    out = Path(unit.out)
+    item that cannot be read, or a frame that cannot be harmonised, becomes a reject row.
+
+    With ``out`` in object storage the unit is built in a temporary folder on this node's own disk, exactly
+    as on POSIX, then its files are uploaded under their final names and its marker last: the marker is what
+    every reader trusts (``validate`` reports files no marker lists), so a node killed mid-upload leaves a
+    unit that the next run redoes, never one that looks done. Nodes share nothing but the bucket."""
+    out = corpus_path(unit.out)
+    if not isinstance(out, Path):
+        return _run_unit_staged(unit, out)
     marker = marker_path(out, unit.dataset, unit.unit)
     done = _finished_marker(marker, unit.fingerprint)
     if done is not None:
@@ -108,6 +123,25 @@ def run_unit(unit: WorkUnit) -> dict[str, Any]:
     atomic_write_json(marker, stats)  # last: the unit is done
     fault_point("unit.done")
     return {**stats, "skipped": False, "seconds": time.perf_counter() - started, "node": _node_id()}
+
+
+def _run_unit_staged(unit: WorkUnit, out) -> dict[str, Any]:
+    marker = marker_path(out, unit.dataset, unit.unit)
+    done = _finished_marker(marker, unit.fingerprint)
+    if done is not None:
+        return {**done, "skipped": True}
+    with tempfile.TemporaryDirectory(prefix="medpclip-unit-") as stage:
+        stats = run_unit(dataclasses.replace(unit, out=stage))
+        local = Path(stage)
+        local_marker = marker_path(local, unit.dataset, unit.unit)
+        remove_unit_outputs(out, unit.dataset, unit.unit)  # the marker first: the unit reads 'not done'
+        files = sorted(p for p in local.rglob("*") if p.is_file() and p != local_marker)
+        fs = out.fs
+        for p in files:
+            fs.put_file(str(p), (out / p.relative_to(local).as_posix()).path)
+            fault_point("unit.upload")
+        fs.put_file(str(local_marker), marker.path)  # last: the unit is done
+    return stats
 
 
 def _finished_marker(marker: Path, fingerprint: str) -> dict[str, Any] | None:

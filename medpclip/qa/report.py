@@ -8,6 +8,7 @@ nothing is fetched from the network. Every number comes from the warehouse views
 from __future__ import annotations
 
 import html
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from medpclip.fileio import atomic_write_bytes
 from medpclip.qa.sheets import choose_keys, contact_sheet
+from medpclip.storage import corpus_path
 from medpclip.warehouse import connect
 
 SHEET_SAMPLES = 12
@@ -90,7 +92,7 @@ def write_report(
     corpus: Path, build: dict[str, Any], timings: dict[str, float] | None = None, seed: int = 0
 ) -> Path:
     """Write ``report/index.html`` and ``report/sheets/*.png`` for a finished corpus; returns the HTML path."""
-    corpus = Path(corpus)
+    corpus = corpus_path(corpus)  # a folder, or an object-storage prefix
     report_dir = corpus / "report"
     con = connect(corpus)
     try:
@@ -240,8 +242,9 @@ def _sheets(con, corpus: Path, report_dir: Path, seed: int) -> str:
         keys = choose_keys(list(shard_of), SHEET_SAMPLES, seed)
         sheet = contact_sheet(corpus, [(shard_of[k], k) for k in keys])
         name = f"sheets/{dataset}-{split}.png"
-        (report_dir / "sheets").mkdir(parents=True, exist_ok=True)
-        sheet.save(report_dir / name, optimize=False)
+        buf = io.BytesIO()
+        sheet.save(buf, format="PNG", optimize=False)
+        atomic_write_bytes(report_dir / name, buf.getvalue())
         parts.append(
             f'<figure><img src="{_e(name)}" width="{sheet.width // 2}" alt="{_e(dataset)} {_e(split)}">'
             f"<figcaption>{_e(dataset)} / {_e(split)}: {len(keys)} of {len(rows)} samples</figcaption></figure>"
