@@ -33,6 +33,7 @@ from medpclip.corpus.shards import DEFAULT_SHARD_BYTES
 from medpclip.qa.report import write_report
 from medpclip.raysession import ray_session
 from medpclip.specs import DatasetSpec, resolve_specs
+from medpclip.storage import is_url
 from medpclip.warehouse import query
 
 
@@ -62,7 +63,7 @@ def plan_task(
     plan = prepare_build(
         specs,
         Path(raw_root),
-        Path(out),
+        out,  # a folder or an object-storage URL (prepare_build resolves either)
         max_side=max_side,
         force=force,
         id_salt=id_salt,
@@ -134,7 +135,7 @@ def finish_task(plan: Plan) -> dict[str, Any]:
 @task(name="warehouse-check", cache_policy=NONE)
 def warehouse_check(out: str) -> dict[str, int]:
     """The corpus as DuckDB sees it: counts that must reconcile with the shards, and patient leakage."""
-    corpus = Path(out)
+    corpus = out
     counts = {
         name: query(corpus, f"SELECT count(*) FROM {name}")[1][0][0]
         for name in ("samples", "regions", "rejects")
@@ -151,8 +152,8 @@ def warehouse_check(out: str) -> dict[str, int]:
 
 @task(name="qa-summary", cache_policy=NONE)
 def qa_summary(out: str, build: dict[str, Any]) -> dict[str, int]:
-    html_report = write_report(Path(out), build)
-    report = check_corpus(Path(out))
+    html_report = write_report(out, build)
+    report = check_corpus(out)
     rows = [
         {
             "dataset": d["name"],
@@ -207,7 +208,8 @@ def build_corpus_flow(
     ``num_cpus`` sizes a local Ray (ignored with ``ray_address``); ``id_salt``, ``shard_max_bytes`` as
     ``medpclip build --id-salt/--shard-max-bytes``.
     """
-    raw_root, out = str(Path(raw_root).resolve()), str(Path(out).resolve())
+    raw_root = str(Path(raw_root).resolve())
+    out = out if is_url(out) else str(Path(out).resolve())  # s3://… stays a URL
     if write_demo_data:
         write_demo_data_task(raw_root)
     spec_list = validate_specs(specs)
