@@ -6,6 +6,7 @@ from bench import (
     bench_build,
     bench_harmonize,
     bench_loader,
+    bench_object_storage,
     bench_reports,
     bench_scaling,
     bench_storage,
@@ -23,5 +24,6 @@ if __name__ == "__main__":
     text_throughput.main()
     bench_reports.main()
     bench_storage.main()
+    bench_object_storage.main()
     bench_warehouse.main()
     projection.main()
