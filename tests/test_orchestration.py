@@ -1,8 +1,11 @@
 """Orchestration with real servers on loopback: a Prefect server + `medpclip serve` + `prefect deployment run`,
-a two-node Ray cluster + `ray job submit`, and SIGKILLed builds that resume to identical bytes."""
+a two-node Ray cluster + `ray job submit` (output on a folder, or in an S3 bucket of a moto server with the two
+nodes started in different working directories, sharing no output disk), and SIGKILLed builds that resume to
+identical bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -89,9 +92,41 @@ def test_prefect_deployment_run_builds_the_demo(tmp_path):
 # --- Ray cluster ------------------------------------------------------------------------------------------
 
 
-def test_ray_job_on_a_two_node_cluster(tmp_path, demo_raw):
+@contextlib.contextmanager
+def _output(kind: str, tmp_path: Path):
+    """(the build's --out, extra environment, a check of the result) for a folder or an S3 bucket."""
+    if kind == "posix":
+        out = tmp_path / "corpus"
+        yield str(out), {}, lambda env: check_corpus(out).problems
+        return
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    aws = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "two-nodes", "AWS_SECRET_ACCESS_KEY": "two-nodes",
+           "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    with running(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], tmp_path / "moto.log"
+    ) as moto:
+        wait_until(lambda: http_ok(f"{endpoint}/moto-api/"), 60, "moto_server", moto)
+        mk = "import s3fs; s3fs.S3FileSystem().mkdir('two-nodes')"
+        subprocess.run([sys.executable, "-c", mk], env=_env(**aws), check=True)
+
+        def problems(env) -> list[str]:
+            done = subprocess.run([str(BIN / "medpclip"), "validate", "--corpus", "s3://two-nodes/corpus"],
+                                  env=env, capture_output=True, text=True)  # fmt: skip
+            return [] if done.returncode == 0 else [done.stdout + done.stderr]
+
+        yield "s3://two-nodes/corpus", aws, problems
+
+
+@pytest.mark.parametrize("output", ["posix", "s3"])
+def test_ray_job_on_a_two_node_cluster(tmp_path, demo_raw, output):
+    with _output(output, tmp_path) as (out, aws, problems):
+        _two_node_build(tmp_path, demo_raw, out, _env(**aws))
+        assert problems(_env(**aws)) == []
+
+
+def _two_node_build(tmp_path: Path, demo_raw: Path, out: str, env: dict[str, str]) -> None:
     gcs, dash = free_port(), free_port()
-    env = _env()
 
     def agent_ports() -> list[str]:
         # Every Ray on a machine starts a dashboard agent on the same default ports; the test session's own
@@ -106,10 +141,12 @@ def test_ray_job_on_a_two_node_cluster(tmp_path, demo_raw):
                 *agent_ports()]  # fmt: skip
     node_cmd = [str(BIN / "ray"), "start", "--block", "--address", f"127.0.0.1:{gcs}", "--num-cpus", "1",
                 *agent_ports()]  # fmt: skip
-    out = tmp_path / "corpus"
-    with running(head_cmd, tmp_path / "head.log", env=env) as head:
+    # the nodes share no working directory (and, with an S3 output, no output disk)
+    (tmp_path / "head-cwd").mkdir()
+    (tmp_path / "node-cwd").mkdir()
+    with running(head_cmd, tmp_path / "head.log", env=env, cwd=tmp_path / "head-cwd") as head:
         wait_until(lambda: http_ok(f"http://127.0.0.1:{dash}/api/version"), 120, "ray head", head)
-        with running(node_cmd, tmp_path / "node.log", env=env) as node:
+        with running(node_cmd, tmp_path / "node.log", env=env, cwd=tmp_path / "node-cwd") as node:
 
             def two_nodes() -> bool:
                 status = subprocess.run(
@@ -161,7 +198,6 @@ def test_ray_job_on_a_two_node_cluster(tmp_path, demo_raw):
             job = attempts[-1]
             assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
             assert "units built on 2 Ray node(s)" in job.stdout  # both nodes did work
-    assert check_corpus(out).problems == []
 
 
 # --- crashes and resume -----------------------------------------------------------------------------------
