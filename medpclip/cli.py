@@ -248,7 +248,9 @@ def validate_corpus(
 
 @app.command()
 def train(
-    corpus: Annotated[Path, typer.Option("--corpus", help="corpus directory (its train split is used)")],
+    corpus: Annotated[
+        str, typer.Option("--corpus", help="corpus directory or object-storage URL (its train split is used)")
+    ],
     out: Annotated[Path, typer.Option("--out", help="training directory: checkpoints, run.json")],
     model: Annotated[
         str, typer.Option("--model", help="open_clip model name, or 'tiny' (CPU runs, tests)")
@@ -369,7 +371,12 @@ def train(
 
 @app.command("eval")
 def evaluate_checkpoint(
-    corpus: Annotated[Path, typer.Option("--corpus", help="corpus directory; metrics land in DIR/metrics/")],
+    corpus: Annotated[
+        str,
+        typer.Option(
+            "--corpus", help="corpus directory or object-storage URL; metrics land in CORPUS/metrics/"
+        ),
+    ],
     checkpoint: Annotated[
         Path, typer.Option("--checkpoint", help="a checkpoint, or a training --out directory (its latest)")
     ],
@@ -390,10 +397,12 @@ def evaluate_checkpoint(
     from medpclip.model.medpclip import ModelError
     from medpclip.train.data import DataError
     from medpclip.train.loop import TrainError
-    from medpclip.warehouse import CorpusError
+    from medpclip.warehouse import CorpusError, open_corpus
 
-    if not (corpus / "build.json").is_file():
-        _fail(f"'{corpus}' is not a corpus (no build.json; run `medpclip build` first)")
+    try:
+        open_corpus(corpus)  # a finished corpus, folder or object storage: one line otherwise
+    except CorpusError as e:
+        _fail(str(e), _corpus_error_code(e))
     names = [d for d in (datasets or "").split(",") if d] or None
     try:
         result = evaluate(

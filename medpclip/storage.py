@@ -44,6 +44,27 @@ def filesystem(path: Any):
     return None if isinstance(path, Path) else path.fs
 
 
+def resolved(location: str | os.PathLike) -> str:
+    """A location as a stable string: a URL as given, a folder as its absolute path."""
+    return str(location) if is_url(location) else str(Path(location).resolve())
+
+
+def open_url(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+    """webdataset ``gopen`` handler for fsspec URLs (``s3://…``): the shard opened through the filesystem the
+    corpus lives on, with its credentials from the standard environment."""
+    import fsspec
+
+    return fsspec.open(url, mode).open()
+
+
+def register_webdataset_schemes() -> None:
+    """Let webdataset open ``s3://`` shards (and the other fsspec object stores it has no handler for)."""
+    from webdataset.gopen import gopen_schemes
+
+    for scheme in ("s3", "gcs", "az", "abfs"):
+        gopen_schemes.setdefault(scheme, open_url)
+
+
 def location_str(path: Any) -> str:
     """The location as the user would write it (``s3://bucket/prefix``, or the folder path)."""
     return path.as_posix() if isinstance(path, Path) else str(path)

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 import torch
 
 from medpclip.evaluate.metrics import balanced_accuracy, macro_auc, recall_at_k, top1
+from medpclip.storage import corpus_path, filesystem, location_str, resolved
 from medpclip.train.data import DataConfig, DataStats, Example, collate, iter_examples, prompts_of
 
 log = logging.getLogger("medpclip.evaluate")
@@ -294,9 +295,12 @@ def _dataset_classes(corpus: Path, dataset: str) -> tuple[list[str], list[str]]:
     import duckdb
 
     def parquet(kind: str) -> str:
-        return (corpus / "manifests" / kind / dataset / "*.parquet").as_posix().replace("'", "''")
+        return location_str(corpus / "manifests" / kind / dataset / "*.parquet").replace("'", "''")
 
     con = duckdb.connect()
+    fs = filesystem(corpus)
+    if fs is not None:  # a corpus in object storage: DuckDB reads through its fsspec filesystem
+        con.register_filesystem(fs)
     try:
         cats = con.execute(
             "SELECT DISTINCT lower(coalesce(category, name, label)) FROM "
@@ -340,7 +344,7 @@ def evaluate(
     from medpclip.fileio import atomic_write_bytes
     from medpclip.train.loop import load_checkpoint
 
-    corpus = Path(corpus).resolve()
+    corpus = corpus_path(resolved(corpus))  # a folder or an object-storage prefix
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, meta = load_checkpoint(Path(checkpoint), device)
     cfg = DataConfig.from_dict({**meta.get("data", {}), "image_size": model.image_size[0]})

@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from medpclip.corpus.encoding import image_member
 from medpclip.model.prompt_encoder import KIND_INDEX, KINDS, NO_REGION, RegionPrompts
 from medpclip.regions import decode_rle
+from medpclip.storage import corpus_path, location_str, register_webdataset_schemes
 
 log = logging.getLogger("medpclip.train.data")
 
@@ -95,11 +96,16 @@ class DataConfig:
 def shard_lists(
     corpus: Path, splits: str | list[str], datasets: list[str] | None = None
 ) -> dict[str, tuple[list[str], int]]:
-    """{dataset: (shard paths, sample count)} of the corpus for the given split(s), from ``sizes.json``."""
-    corpus = Path(corpus)
+    """{dataset: (shard paths, sample count)} of the corpus for the given split(s), from ``sizes.json``. A
+    corpus in object storage gives ``s3://…`` URLs, which webdataset opens through fsspec."""
+    corpus = corpus_path(corpus)
+    if not isinstance(corpus, Path):
+        register_webdataset_schemes()
     sizes_path = corpus / "sizes.json"
     if not sizes_path.is_file():
-        raise DataError(f"'{corpus}' is not a corpus (no sizes.json; run `medpclip build` first)")
+        raise DataError(
+            f"'{location_str(corpus)}' is not a corpus (no sizes.json; run `medpclip build` first)"
+        )
     sizes = json.loads(sizes_path.read_text(encoding="utf-8"))
     wanted = {splits} if isinstance(splits, str) else set(splits)
     out: dict[str, tuple[list[str], int]] = {}
@@ -108,10 +114,10 @@ def shard_lists(
         if split not in wanted or (datasets and dataset not in datasets) or n == 0:
             continue
         urls, total = out.get(dataset, ([], 0))
-        out[dataset] = ([*urls, str(corpus / "shards" / rel)], total + n)
+        out[dataset] = ([*urls, location_str(corpus / "shards" / rel)], total + n)
     if not out:
         raise DataError(
-            f"no {'/'.join(sorted(wanted))} shards in '{corpus}'"
+            f"no {'/'.join(sorted(wanted))} shards in '{location_str(corpus)}'"
             + (f" for datasets {','.join(datasets)}" if datasets else "")
         )
     return out

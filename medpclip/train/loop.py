@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from medpclip.fileio import sha256_file
 from medpclip.model.losses import medpclip_loss
 from medpclip.model.medpclip import MODEL_CONFIGS, MedPCLIP, ModelConfig, ModelError, build_model
+from medpclip.storage import resolved
 from medpclip.train.data import DataConfig, prompts_of, shard_lists, train_loader
 
 log = logging.getLogger("medpclip.train")
@@ -327,7 +328,7 @@ def run_loop(cfg: TrainConfig, run_id: str, ctx) -> dict[str, Any]:
     ddp = ctx.prepare(model)
     data_cfg = cfg.data_config()
     loader = train_loader(
-        Path(cfg.corpus),
+        cfg.corpus,
         data_cfg,
         tokenizer,
         cfg.batch_size,
@@ -517,7 +518,7 @@ def _check(cfg: TrainConfig) -> None:
         raise TrainError(f"unknown model '{cfg.model}': use 'tiny' or an open_clip name such as ViT-B-16")
     if cfg.pretrained and not Path(cfg.pretrained).is_file():
         raise TrainError(f"--pretrained must be a local checkpoint file, '{cfg.pretrained}' is not one")
-    shard_lists(Path(cfg.corpus), "train", cfg.datasets)  # DataError when there is nothing to train on
+    shard_lists(cfg.corpus, "train", cfg.datasets)  # DataError when there is nothing to train on
 
 
 def _check_resume(cfg: TrainConfig, existing: Path | None, resume: bool) -> None:
@@ -556,7 +557,7 @@ def train(
 
     t0 = time.monotonic()
     out = Path(cfg.out).resolve()
-    cfg = cfg.model_copy(update={"out": str(out), "corpus": str(Path(cfg.corpus).resolve())})
+    cfg = cfg.model_copy(update={"out": str(out), "corpus": resolved(cfg.corpus)})
     _check(cfg)
     _check_resume(cfg, latest_checkpoint(out), resume)
     run_file = out / "run.json"
@@ -613,7 +614,7 @@ def train_local(cfg: TrainConfig, *, resume: bool = False, device: str | None = 
 
     t0 = time.monotonic()
     out = Path(cfg.out).resolve()
-    cfg = cfg.model_copy(update={"out": str(out), "corpus": str(Path(cfg.corpus).resolve()), "workers": 1})
+    cfg = cfg.model_copy(update={"out": str(out), "corpus": resolved(cfg.corpus), "workers": 1})
     _check(cfg)
     _check_resume(cfg, latest_checkpoint(out), resume)
     run_file = out / "run.json"
