@@ -14,6 +14,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from medpclip.storage import resolved
+
 
 @task(name="evaluate-checkpoint", cache_policy=NONE)
 def evaluate_task(
@@ -28,7 +30,7 @@ def evaluate_task(
     from medpclip.evaluate import evaluate  # torch, open_clip: loaded when a run needs them
 
     result = evaluate(
-        Path(corpus),
+        corpus,  # a folder or an object-storage URL
         Path(checkpoint),
         split,
         datasets=datasets,
@@ -61,7 +63,7 @@ def evaluate_flow(
     """Evaluate a checkpoint (or a training ``out`` directory: its latest checkpoint) on ``split``; the
     parameters are ``medpclip eval``'s."""
     summary = evaluate_task(
-        str(Path(corpus).resolve()),
+        resolved(corpus),  # s3://… stays a URL
         str(Path(checkpoint).resolve()),
         split,
         datasets,

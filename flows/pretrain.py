@@ -16,6 +16,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import task_run
 
+from medpclip.storage import resolved
+
 SUMMARY_METRICS = ("loss", "image_loss", "region_loss", "samples_per_s", "data_wait_frac", "gpu_mem_peak_gb")
 
 
@@ -79,7 +81,7 @@ def pretrain_flow(
     from medpclip.train.loop import TrainConfig
 
     config = TrainConfig.of(
-        corpus=str(Path(corpus).resolve()),
+        corpus=resolved(corpus),  # s3://… stays a URL
         out=str(Path(out).resolve()),
         model=model,
         pretrained=pretrained,
