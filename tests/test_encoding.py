@@ -64,6 +64,8 @@ def test_strip_refuses_what_is_not_a_jpeg_and_encode_falls_back():
     src = _jpeg_with_metadata(_photo())
     with pytest.raises(ValueError, match="runs past the end"):
         encoding.strip_jpeg_metadata(src[:30])
+    with pytest.raises(ValueError, match="expected a marker"):
+        encoding.strip_jpeg_metadata(b"\xff\xd8\xff")
     img = _photo()
     ext, data = encoding.encode_image(img, "endoscopy", png_compress_level=6, source_jpeg=src[:30])
     assert ext == "jpg" and data == encoding.encode_jpeg(img)  # re-encoded, never the broken bytes

@@ -59,7 +59,7 @@ def strip_jpeg_metadata(data: bytes) -> bytes:
     out = bytearray(data[:2])
     i = 2
     while i < len(data):
-        if data[i] != 0xFF:
+        if data[i] != 0xFF or i + 1 >= len(data):
             raise ValueError(f"byte {i}: expected a marker")
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte before a marker
