@@ -48,3 +48,17 @@ def demo_corpus(tmp_path_factory, demo_raw, ray_session):
     out = tmp_path_factory.mktemp("corpus")
     result = build_corpus(resolve_specs(DEMO_SPECS), demo_raw, out, max_side=256)
     return result
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """One real text pipeline (spaCy, negspacy, scispacy linker); its linker index goes to a cache folder
+    shared by this session's text tests."""
+    from medpclip.text import nlp as textnlp
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDPCLIP_CACHE", str(tmp_path_factory.getbasetemp() / "medpclip-cache"))
+    mp.delenv(textnlp.LINKER_ENV, raising=False)
+    mp.delenv(textnlp.MODEL_ENV, raising=False)
+    yield textnlp.get_pipeline()
+    mp.undo()

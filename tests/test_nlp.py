@@ -16,17 +16,6 @@ from medpclip.text import nlp as textnlp
 SENTENCES = Path(__file__).parent / "data" / "radiology_sentences.jsonl"
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """One real pipeline; its linker index goes to a cache folder shared by this session's text tests."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MEDPCLIP_CACHE", str(tmp_path_factory.getbasetemp() / "medpclip-cache"))
-    mp.delenv(textnlp.LINKER_ENV, raising=False)
-    mp.delenv(textnlp.MODEL_ENV, raising=False)
-    yield textnlp.get_pipeline()
-    mp.undo()
-
-
 def _found(pipeline, text):
     return [(m.name, m.negated, m.laterality) for m in textnlp.link(text, pipeline).mentions]
 

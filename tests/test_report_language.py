@@ -20,16 +20,6 @@ from medpclip.text import phrases, prompts
 from medpclip.text.kb import load_kb
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MEDPCLIP_CACHE", str(tmp_path_factory.getbasetemp() / "medpclip-cache"))
-    mp.delenv(textnlp.LINKER_ENV, raising=False)
-    mp.delenv(textnlp.MODEL_ENV, raising=False)
-    yield textnlp.get_pipeline()
-    mp.undo()
-
-
 def _found(pipeline, text):
     return [(m.name, m.assertion, m.laterality) for m in textnlp.link(text, pipeline).mentions]
 
