@@ -99,6 +99,8 @@ class RasterOptions(ReaderOptions):
     masks: list[str | MaskPattern] = Field(default_factory=list)
     mask_mode: Literal["threshold", "instances", "values", "ranges"] = "threshold"
     threshold: float = 127
+    # threshold masks drawn as closed outlines (HC18's head ellipse): the enclosed area is the structure
+    fill_holes: bool = False
     label: str | None = None
     values: dict[int, int] = Field(default_factory=dict)
     ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
@@ -116,6 +118,8 @@ class RasterOptions(ReaderOptions):
 
     @model_validator(mode="after")
     def _check(self) -> RasterOptions:
+        if self.fill_holes and self.mask_mode != "threshold":
+            raise ValueError("fill_holes fills outlines of a threshold mask: it needs mask_mode 'threshold'")
         if self.mask_mode == "values" and not self.values:
             raise ValueError("mask_mode 'values' needs 'values' (mask pixel value → spec label value)")
         if self.mask_mode == "ranges" and not self.ranges:

@@ -32,6 +32,9 @@ Masks
   is the entry's ``label``, else option ``label``, else the spec's only label. Lossy (JPEG), RGB (3-channel
   TIFF), palette (GIF) and 16-bit masks are read as one grey channel first. A mask holding only 0 and one
   value at or below the threshold (a 0/1-coded mask) is refused (``bad_label_value``), not read as empty.
+- ``fill_holes: true`` (``threshold`` only) — the mask is a drawn outline (HC18's head ellipse, a 1-2 px
+  line): the area it encloses (``scipy.ndimage.binary_fill_holes``) is the structure. An outline that is not
+  closed (cut by the image border) encloses nothing and stays a thin ring.
 - ``mask_mode: instances`` — an instance-coded mask (0 background, each other value one object: GlaS's
   ``_anno.bmp``): every id is its own instance, so touching objects stay two regions; labels as for
   ``threshold``.
@@ -529,6 +532,8 @@ def _add_masks(
             binary = mask > opts.threshold
             if not binary.any():
                 _check_not_low_coded(mask, opts.threshold, rel)
+            elif opts.fill_holes:  # an outline (HC18's ellipse) encloses the structure
+                binary = ndimage.binary_fill_holes(binary)
             if labels[n] is None:
                 if binary.any():
                     raise ReadError(

@@ -86,6 +86,8 @@ class VolumeLayout(ReaderOptions):
     modality_by_id: ModalityById | None = None
     # case id → why it is never read (a misaligned label the publisher withdrew): one plan note each
     exclude: dict[str, str] = Field(default_factory=dict)
+    # added to CT voxels before windowing: publishers that store HU + 1000 so that air is 0 (KiPA22: -1000)
+    hu_offset: float = 0.0
 
     @model_validator(mode="after")
     def _check_patterns(self) -> VolumeLayout:
@@ -138,6 +140,10 @@ class _FileVolumes(VolumeLayout):
     # folder name → the name that replaces it in the {dir} of labels/masks: an annotation tree beside the
     # image tree (BIDS rawdata/ → derivatives/: VerSe)
     annotation_dir_parts: dict[str, str] = Field(default_factory=dict)
+    # spec label → the label-map values that make up the structure, for label maps whose values code the
+    # overlap of structures (SegRap2023: value 6 is both the left temporal lobe and the left hippocampus):
+    # each label becomes its own mask, so overlapping structures both survive
+    label_sets: dict[str, tuple[int, ...]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_annotations(self) -> _FileVolumes:
@@ -158,6 +164,12 @@ class _FileVolumes(VolumeLayout):
                 raise ValueError("time_frames names a field twice")
         if (self.labels is None) == (self.masks is None):
             raise ValueError(f"layout '{layout}' needs exactly one of 'labels' and 'masks'")
+        if self.label_sets:
+            if self.labels is None:
+                raise ValueError("label_sets name values of a label map: they need 'labels', not 'masks'")
+            for label, values in self.label_sets.items():
+                if not values or any(v < 1 for v in values) or len(set(values)) != len(values):
+                    raise ValueError(f"label_sets['{label}'] needs distinct label-map values >= 1")
         if self.masks is not None and "{label}" not in self.masks:
             raise ValueError("'masks' needs the placeholder {label}")
         if isinstance(self.channel, str):

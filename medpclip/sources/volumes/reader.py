@@ -49,7 +49,9 @@ More options:
   ``labels``/``masks``: an annotation tree beside the image tree, whatever the depth (BIDS ``rawdata`` →
   ``derivatives``: VerSe's ``dataset-01training/rawdata/sub-gl003/`` has its masks in
   ``dataset-01training/derivatives/sub-gl003/``). Applied after ``annotation_dirs``; each side is one folder
-  name (checked when the spec loads). A label without its image is a rejected case only where ``images``
+  name (checked when the spec loads). Only files inside a swapped-in folder are labels, so a label pattern
+  that names the image's own file name (INSTANCE: ``data/001.nii.gz`` → ``label/001.nii.gz``, labels
+  ``{dir}/{stem}.nii.gz``) does not take the images for labels. A label without its image is a rejected case only where ``images``
   could have put that image (its folder with the names swapped back matches the glob's folder): another
   release's derivatives beside the one read (VerSe'19's) are not cases.
 - ``table`` — a delimited file of per-case rows (``path``, ``delimiter``, ``id_column``, ``split_column``;
@@ -64,6 +66,16 @@ More options:
   the dataset folder (pairs: ``<folder>/<stem>``). For datasets whose case folder is a study inside a
   patient folder (autoPET ``PETCT_<patient>/<study date>/``): the case id keeps the parent, and
   ``patient_id.regex`` takes the patient from it, so a patient's studies share one split.
+- ``label_sets`` (pairs, cases; with ``labels``) — spec label → the label-map values that make up that
+  structure, for maps whose values code the overlap of structures (SegRap2023 Task 1: value 6 is the part the
+  left temporal lobe and the left hippocampus share, so ``TemporalLobe_L: [4, 6]`` and ``Hippocampus_L: [8,
+  6]``; ``Brain`` is values 1-9). Each spec label then becomes its own binary mask (like ``masks``), so
+  overlapping structures both survive; a value in no set is ``bad_label_value``. Every spec label needs a
+  set and every set a spec label (``bad_option``); the labels' own ``value`` is not used.
+- ``hu_offset`` — a number added to every voxel of a CT case before windowing, for publishers that store
+  Hounsfield units shifted so that air is 0 (KiPA22 stores HU + 1000: ``hu_offset: -1000``). Default 0 (the
+  voxels as stored, scaled by the header's slope and intercept); refused (``bad_option``) for a spec with no
+  CT cases.
 - ``exclude`` — case id (as discovered, before ``time_frames``) → why it is never read (ATM'22's withdrawn
   ``ATM_164_0000``). Each such case is one plan-stage ``excluded_case`` row with that reason (``discover``
   returns them as ``frame.DiscoveryNote``), never a silent drop; an id no case on disk has is one such row
@@ -305,6 +317,20 @@ def _check_intensity(spec: DatasetSpec, opts: VolumeLayout) -> None:
         raise ReadError(
             "bad_option", f"spec '{spec.name}' has CT cases: intensity.kind must be ct_window (a CT window)"
         )
+    sets = getattr(opts, "label_sets", {})
+    if sets and set(sets) != {e.label for e in spec.labels}:
+        missing = sorted({e.label for e in spec.labels} - set(sets))
+        unknown = sorted(set(sets) - {e.label for e in spec.labels})
+        raise ReadError(
+            "bad_option",
+            f"spec '{spec.name}': format.options.label_sets must name every spec label once "
+            f"(no set: {missing or 'none'}; not a spec label: {unknown or 'none'})",
+        )
+    if opts.hu_offset and "CT" not in modalities:
+        raise ReadError(
+            "bad_option",
+            f"spec '{spec.name}': format.options.hu_offset shifts Hounsfield units; it has no CT",
+        )
 
 
 # --- msd: cases from index lists ---
@@ -397,6 +423,11 @@ def _pair_cases(spec: DatasetSpec, root: Path, opts: PairVolumes) -> list[_Case]
                 for p in glob_files(root, label_glob)
                 if not is_data_file(p.name)
             }
+        if opts.annotation_dir_parts:
+            # labels lie only where a swapped-in folder name puts them: `{dir}/{stem}.nii.gz` over INSTANCE's
+            # data/ → label/ would otherwise also match every image, which would then be taken for a label
+            swapped = set(opts.annotation_dir_parts.values())
+            label_files = {p for p in label_files if swapped & set(PurePosixPath(p).parent.parts)}
     out: list[_Case] = []
     used: set[str] = set()
     for path in glob_files(root, _fill(opts.images, sequence=opts.sequence)):
@@ -644,6 +675,8 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     else:
         image = _image_array(image_img, image_rel, None if channel is None else int(channel), limit)
     axes = nib.aff2axcodes(image_img.affine)
+    if intensity == "hu" and opts.hu_offset:  # stored HU + 1000 (KiPA22): back to HU before the window
+        image = image.astype(np.float32) + np.float32(opts.hu_offset)
 
     def frame(index: int, img2d: np.ndarray, spacing: tuple[float, float], plane: str, **ann) -> Frame:
         return Frame(
@@ -678,13 +711,25 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
 
     label_rel = file_of(item, "label")
     label_img = _load(raw_root, label_rel)
-    labels = _label_array(label_img, label_rel, spec, limit, frame_index)
+    sets = getattr(opts, "label_sets", {})
+    allowed = {v for values in sets.values() for v in values} if sets else set(spec.label_by_value())
+    labels = _label_array(label_img, label_rel, spec, limit, frame_index, allowed)
     if image.shape != labels.shape:
         raise ReadError("shape_mismatch", f"image {image.shape} != label {labels.shape} ({image_rel})")
     _same_axes(axes, label_img, label_rel)
     # Both grids are the same (checked above), so the image's affine orients both; zooms come from it too.
     image, zooms = reorient_canonical(image, image_img.affine)
     labels, _ = reorient_canonical(labels, image_img.affine)
+    if sets:  # overlap-coded values: one mask per structure, from the set of values that make it up
+        crops = [
+            (e.label, *c) for e in spec.labels if (c := _crop(np.isin(labels, sets[e.label]))) is not None
+        ]
+        del labels
+        for plane in spec.slicing.planes:
+            for index, img2d, spacing in iter_slices(image, zooms, plane, spec.slicing.step):
+                masks = _masks_at(crops, image.shape, _PLANE_AXIS[plane], index)
+                yield frame(index, img2d, spacing, plane, masks=masks)
+        return
     label_values = {v: e.label for v, e in spec.label_by_value().items() if v != 0}
     for plane in spec.slicing.planes:
         image_slices = iter_slices(image, zooms, plane, spec.slicing.step)
@@ -795,8 +840,10 @@ def _label_array(
     spec: DatasetSpec,
     max_pixels: int,
     frame: int | None = None,
+    values: set[int] | None = None,
 ) -> np.ndarray:
-    """Label volume → smallest unsigned integer array; values must be 0 or a spec label value."""
+    """Label volume → smallest unsigned integer array; values must be 0 or a spec label value (or one of
+    ``values``: the values ``label_sets`` name)."""
     data = _annotation_array(img, rel, max_pixels, frame)
     if data.dtype.kind == "f":  # float-stored labels (an MSD quirk): nearest integer
         if not np.isfinite(data).all():
@@ -805,7 +852,7 @@ def _label_array(
     elif data.dtype.kind == "b":
         data = data.view(np.uint8)
     present = _present_values(data)
-    allowed = {0, *spec.label_by_value()}
+    allowed = {0, *(spec.label_by_value() if values is None else values)}
     unknown = sorted(set(present) - allowed)
     if unknown:
         raise ReadError(
@@ -859,6 +906,11 @@ def _structure(
     mask = data > 0.5 if data.dtype.kind == "f" else data != 0
     del data
     mask, _ = reorient_canonical(mask, affine)
+    return _crop(mask)
+
+
+def _crop(mask: np.ndarray) -> _Crop | None:
+    """A canonical boolean volume cropped to its bounding box, with its offset; None when it is empty."""
     spans = []
     for axis in range(3):
         hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
