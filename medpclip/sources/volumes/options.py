@@ -66,6 +66,27 @@ class TableOptions(Options):
     split_column: str | None = None
 
 
+class InstanceTable(Options):
+    """Per-instance classes of an instance-coded label map (RibFrac): one row per (case, instance id)."""
+
+    path: Globs  # one table, or several (globs) whose rows are joined: RibFrac's train-1, train-2, val CSVs
+    delimiter: str = ","
+    id_column: str
+    instance_column: str
+    class_column: str
+    # the class column's code → spec label (RibFrac: 1 → displaced, …, -1 → unidentified); instance 0 is
+    # background whatever its row says
+    classes: dict[str, str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> InstanceTable:
+        if len({self.id_column, self.instance_column, self.class_column}) != 3:
+            raise ValueError("instance_table: id_column, instance_column and class_column must differ")
+        if any(not code.strip() or not label.strip() for code, label in self.classes.items()):
+            raise ValueError("instance_table.classes maps a code to a spec label: neither may be empty")
+        return self
+
+
 CaseRegex = regex_with("case")
 StudyRegex = regex_with("study")
 
@@ -144,6 +165,9 @@ class _FileVolumes(VolumeLayout):
     # overlap of structures (SegRap2023: value 6 is both the left temporal lobe and the left hippocampus):
     # each label becomes its own mask, so overlapping structures both survive
     label_sets: dict[str, tuple[int, ...]] = Field(default_factory=dict)
+    # a label map whose values are instance ids, their classes in a per-instance table (RibFrac): each
+    # instance becomes its own mask under its class's spec label, so touching instances stay apart
+    instance_table: InstanceTable | None = None
 
     @model_validator(mode="after")
     def _check_annotations(self) -> _FileVolumes:
@@ -170,6 +194,15 @@ class _FileVolumes(VolumeLayout):
             for label, values in self.label_sets.items():
                 if not values or any(v < 1 for v in values) or len(set(values)) != len(values):
                     raise ValueError(f"label_sets['{label}'] needs distinct label-map values >= 1")
+        if self.instance_table is not None:
+            if self.labels is None:
+                raise ValueError(
+                    "instance_table classes the ids of a label map: it needs 'labels', not 'masks'"
+                )
+            if self.label_sets:
+                raise ValueError("instance_table and label_sets both say what label-map values mean: set one")
+            if self.time_frames:
+                raise ValueError("instance_table and time_frames cannot be combined (instances are per case)")
         if self.masks is not None and "{label}" not in self.masks:
             raise ValueError("'masks' needs the placeholder {label}")
         if isinstance(self.channel, str):

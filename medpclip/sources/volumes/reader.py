@@ -72,6 +72,18 @@ More options:
   6]``; ``Brain`` is values 1-9). Each spec label then becomes its own binary mask (like ``masks``), so
   overlapping structures both survive; a value in no set is ``bad_label_value``. Every spec label needs a
   set and every set a spec label (``bad_option``); the labels' own ``value`` is not used.
+- ``instance_table`` (pairs, cases; with ``labels``) — ``{path, delimiter, id_column, instance_column,
+  class_column, classes}`` for label maps whose values are instance ids classed by a per-instance table
+  (RibFrac: ``RibFrac1-label.nii.gz`` holds fracture ids 1…N; ``ribfrac-train-info-1.csv`` rows
+  ``public_id,label_id,label_code`` give each id's code, ``classes`` maps a code to a spec label: ``"1":
+  displaced`` … ``"-1": unidentified``). ``path`` is one table or a list of globs whose rows are joined. The
+  tables are read at discovery and each case's ``(instance, label)`` pairs travel in its meta; at read every
+  instance becomes its own mask under its class's label, so touching instances of one class stay two
+  regions. Instance 0 is background whatever its row says. A voxel value without a row is
+  ``bad_label_value``; a case with no rows, a non-integer instance id, a code not in ``classes`` or two rows
+  giving one instance two codes is ``bad_row``; rows naming cases not on disk are one ``missing_files``
+  plan note per table. Class labels must be spec labels (``bad_option``); excludes ``label_sets`` and
+  ``time_frames``; the labels' own ``value`` is not used.
 - ``hu_offset`` — a number added to every voxel of a CT case before windowing, for publishers that store
   Hounsfield units shifted so that air is 0 (KiPA22 stores HU + 1000: ``hu_offset: -1000``). Default 0 (the
   voxels as stored, scaled by the header's slope and intercept); refused (``bad_option``) for a spec with no
@@ -136,6 +148,7 @@ from medpclip.sources.volumes.options import (
     IMAGE_SUFFIXES,
     PLACEHOLDER_RE,
     CaseVolumes,
+    InstanceTable,
     MsdVolumes,
     PairVolumes,
     TableOptions,
@@ -207,7 +220,11 @@ def discover(spec: DatasetSpec, root: Path) -> Generator[SourceItem, None, list[
                 break
     if opts.table is not None:
         cases = _apply_table(spec, root, opts, cases)
+    table_notes = []
+    if isinstance(opts, PairVolumes | CaseVolumes) and opts.instance_table is not None:
+        table_notes = _apply_instance_table(spec, root, opts.instance_table, cases)
     cases, notes = _exclude(spec, opts, cases)
+    notes = table_notes + notes
     items = []
     for c in cases:
         if opts.info is not None and c.error is None:
@@ -325,6 +342,13 @@ def _check_intensity(spec: DatasetSpec, opts: VolumeLayout) -> None:
             "bad_option",
             f"spec '{spec.name}': format.options.label_sets must name every spec label once "
             f"(no set: {missing or 'none'}; not a spec label: {unknown or 'none'})",
+        )
+    table = getattr(opts, "instance_table", None)
+    if table is not None and not set(table.classes.values()) <= {e.label for e in spec.labels}:
+        unknown = sorted(set(table.classes.values()) - {e.label for e in spec.labels})
+        raise ReadError(
+            "bad_option",
+            f"spec '{spec.name}': format.options.instance_table.classes names {unknown}, not spec labels",
         )
     if opts.hu_offset and "CT" not in modalities:
         raise ReadError(
@@ -596,6 +620,85 @@ def _read_table(root: Path, table: TableOptions) -> dict[str, dict[str, str]]:
     return rows
 
 
+def _apply_instance_table(
+    spec: DatasetSpec, root: Path, table: InstanceTable, cases: list[_Case]
+) -> list[DiscoveryNote]:
+    """Each case's instance id → spec label (``meta["instances"]``) from the per-instance rows of
+    ``instance_table``; a case without rows, or with a row the table's rules cannot read, is ``bad_row``.
+    Rows of cases not on disk (the validation CSV without its images) are one ``missing_files`` note per
+    table file, as the tables family reports them."""
+    named = table.path if isinstance(table.path, str) else ", ".join(table.path)
+    paths = [p.relative_to(root).as_posix() for p in glob_files(root, table.path)]
+    if not paths:
+        raise ReadError("missing_file", f"{named} (format.options.instance_table: no such table)")
+    rows: dict[str, dict[int, tuple[str, str]]] = {}  # case → instance → (code, where)
+    problems: dict[str, str] = {}
+    by_file: dict[str, set[str]] = {}
+    for rel in paths:
+        reader = csv.DictReader(io.StringIO(read_utf8(root / rel, rel)), delimiter=table.delimiter)
+        columns = [(c or "").strip() for c in reader.fieldnames or []]
+        for needed in (table.id_column, table.instance_column, table.class_column):
+            if needed not in columns:
+                raise ReadError(
+                    "unreadable_table",
+                    f"{rel}: no column '{needed}' (columns: {', '.join(columns)}; delimiter {table.delimiter!r})",
+                )
+        for line, raw in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            case, instance, code = (
+                row.get(c, "") for c in (table.id_column, table.instance_column, table.class_column)
+            )
+            if not case:
+                continue
+            by_file.setdefault(rel, set()).add(case)
+            where = f"{rel} line {line}"
+            if not instance.isdigit():
+                problems.setdefault(
+                    case, f"{where}: {table.instance_column} {instance!r} is not an instance id"
+                )
+                continue
+            seen = rows.setdefault(case, {}).setdefault(int(instance), (code, where))
+            if seen[0] != code:
+                problems.setdefault(
+                    case, f"{where}: instance {instance} is {code!r} here and {seen[0]!r} at {seen[1]}"
+                )
+    found = {c.case for c in cases}
+    for c in cases:
+        if c.error is not None:
+            continue
+        if c.case in problems:
+            c.error = ("bad_row", problems[c.case])
+            continue
+        if c.case not in rows:
+            c.error = ("bad_row", f"case '{c.case}' has no rows in {named} (its instances have no class)")
+            continue
+        instances = []
+        for instance, (code, where) in sorted(rows[c.case].items()):
+            if instance == 0:  # background, whatever its row's code (RibFrac writes 0)
+                continue
+            label = table.classes.get(code)
+            if label is None:
+                known = ", ".join(sorted(table.classes))
+                c.error = (
+                    "bad_row",
+                    f"{where}: {table.class_column} {code!r} is not a class (classes: {known})",
+                )
+                break
+            instances.append((instance, label))
+        else:
+            c.meta["instances"] = tuple(instances)
+    notes = []
+    for rel, listed in sorted(by_file.items()):
+        absent = sorted(listed - found)
+        if absent:
+            first = ", ".join(absent[:3]) + (", …" if len(absent) > 3 else "")
+            summary = (
+                f"{rel}: {len(absent):,} of {len(listed):,} cases have no image on disk (first: {first})"
+            )
+            notes.append(DiscoveryNote("missing_files", summary, raw_path(spec, rel), summary=summary))
+    return notes
+
+
 def _read_info(root: Path, rel: str) -> dict[str, str]:
     """``key: value`` lines (ACDC ``Info.cfg``); an absent or unreadable file gives nothing."""
     try:
@@ -712,7 +815,14 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     label_rel = file_of(item, "label")
     label_img = _load(raw_root, label_rel)
     sets = getattr(opts, "label_sets", {})
-    allowed = {v for values in sets.values() for v in values} if sets else set(spec.label_by_value())
+    # instance_table: the map's values are instance ids, each classed by its row (discovery put them in meta)
+    instances = {int(i): str(label) for i, label in meta.get("instances", ())}
+    if getattr(opts, "instance_table", None) is not None:
+        allowed = set(instances)
+    elif sets:
+        allowed = {v for values in sets.values() for v in values}
+    else:
+        allowed = set(spec.label_by_value())
     labels = _label_array(label_img, label_rel, spec, limit, frame_index, allowed)
     if image.shape != labels.shape:
         raise ReadError("shape_mismatch", f"image {image.shape} != label {labels.shape} ({image_rel})")
@@ -720,11 +830,15 @@ def read(spec: DatasetSpec, raw_root: Path, item: SourceItem) -> Iterator[Frame]
     # Both grids are the same (checked above), so the image's affine orients both; zooms come from it too.
     image, zooms = reorient_canonical(image, image_img.affine)
     labels, _ = reorient_canonical(labels, image_img.affine)
-    if sets:  # overlap-coded values: one mask per structure, from the set of values that make it up
-        crops = [
-            (e.label, *c) for e in spec.labels if (c := _crop(np.isin(labels, sets[e.label]))) is not None
-        ]
-        del labels
+    if sets or getattr(opts, "instance_table", None) is not None:
+        if sets:  # overlap-coded values: one mask per structure, from the set of values that make it up
+            parts = ((e.label, np.isin(labels, sets[e.label])) for e in spec.labels)
+        else:  # one mask per instance, so two touching fractures of one class stay two regions
+            parts = ((label, labels == i) for i, label in sorted(instances.items()))
+        # generators: one full-size boolean volume at a time, kept only as its crop (45 SegRap structures or
+        # a scan's fractures at 512² × 400 would not fit in a worker side by side)
+        crops = [(label, *c) for label, mask in parts if (c := _crop(mask)) is not None]
+        del labels, parts
         for plane in spec.slicing.planes:
             for index, img2d, spacing in iter_slices(image, zooms, plane, spec.slicing.step):
                 masks = _masks_at(crops, image.shape, _PLANE_AXIS[plane], index)
