@@ -292,6 +292,14 @@ def train(
         int | None,
         typer.Option("--prompt-layer", help="vision layer the prompts enter (default: the model's)"),
     ] = None,
+    region_mode: Annotated[
+        str,
+        typer.Option(
+            "--region-mode",
+            help="how a region reaches the image tower: medpclip (feature-level prompts), or the baselines "
+            "crop (box crop), mask-input (outside blanked), alpha (Alpha-CLIP alpha channel)",
+        ),
+    ] = "medpclip",
     cpus_per_worker: Annotated[int, typer.Option("--cpus-per-worker", help="CPUs per Ray Train worker")] = 1,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay")] = 0.1,
     warmup: Annotated[
@@ -331,6 +339,7 @@ def train(
             pretrained=str(pretrained) if pretrained else None,
             image_size=image_size,
             prompt_layer=prompt_layer,
+            region_mode=region_mode,
             steps=steps,
             batch_size=batch_size,
             accum_steps=accum_steps,
@@ -677,12 +686,24 @@ def specs_validate(
 @app.command("demo-data")
 def demo_data(
     directory: Annotated[Path, typer.Argument(help="raw root to write the demo datasets into")],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="comma-separated demo datasets (default: demo_ct,demo_polyp,demo_cxr; also demo_context, "
+            "the region-mode benchmark's task)",
+        ),
+    ] = None,
 ) -> None:
     """Write the small demo datasets in their publishers' layouts (deterministic)."""
     _check_out_dir(directory, "DIRECTORY")
-    from medpclip.demo import write_demo_data
+    from medpclip.demo import DEFAULT_DEMOS, DEMO_FOLDERS, write_demo_data
 
-    written = write_demo_data(directory)
+    names = [n.strip() for n in (dataset or ",".join(DEFAULT_DEMOS)).split(",") if n.strip()]
+    unknown = [n for n in names if n not in DEMO_FOLDERS]
+    if unknown or not names:
+        _fail(f"--dataset: unknown demo dataset '{(unknown or [''])[0]}': use {', '.join(DEMO_FOLDERS)}")
+    written = write_demo_data(directory, names)
     for name, path in written.items():
         console.print(f"{name:12s} {path}", highlight=False)
 

@@ -1,12 +1,15 @@
 """Small demo raw datasets, written in their publishers' real layouts (for `make demo` and the tests).
 
-Three datasets, each in the folder its publisher's archive unpacks to:
+Four datasets, each in the folder its publisher's archive unpacks to (the first three by default):
 
 - ``demo_ct`` → ``Task90_DemoAbdomenCT``: a Medical Segmentation Decathlon task (dataset.json, imagesTr,
   labelsTr, imagesTs) of synthetic abdominal CT with liver, spleen, kidneys, aorta and vertebra.
 - ``demo_polyp`` → ``Kvasir-SEG``: colonoscopy JPEGs, JPEG-compressed RGB masks, ``kavsir_bboxes.json``.
 - ``demo_cxr`` → ``ChestX-ray14``: NIH ChestX-ray14 PNGs with ``Data_Entry_2017.csv``, ``BBox_List_2017.csv``
   and the official ``train_val_list.txt`` / ``test_list.txt``.
+- ``demo_context`` → ``Task91_DemoContextCT``: MSD-layout single-slice abdominal CT whose region classes only
+  the image context separates (left vs right kidney, a lesion named by its host organ); the region-mode
+  benchmark's task (``bench/bench_regions.py``).
 
 The quirks that break naive loaders are reproduced on purpose (see DESIGN §6 and the format reference):
 macOS ``._*`` junk next to MSD volumes, an LPS-stored (non-canonical) affine, one MSD label volume stored as
@@ -33,14 +36,30 @@ from PIL import Image
 from scipy import ndimage
 
 # spec name → dataset folder under the raw root
-DEMO_FOLDERS = {"demo_ct": "Task90_DemoAbdomenCT", "demo_polyp": "Kvasir-SEG", "demo_cxr": "ChestX-ray14"}
+DEMO_FOLDERS = {
+    "demo_ct": "Task90_DemoAbdomenCT",
+    "demo_polyp": "Kvasir-SEG",
+    "demo_cxr": "ChestX-ray14",
+    "demo_context": "Task91_DemoContextCT",
+}
+#: What ``medpclip demo-data`` writes unless told otherwise: ``demo_context`` (300 cases) is the region-mode
+#: benchmark's task, asked for by name (``--dataset demo_context``), so the quick demo stays quick.
+DEFAULT_DEMOS = ("demo_ct", "demo_polyp", "demo_cxr")
 
 
-def write_demo_data(root: Path) -> dict[str, Path]:
-    """Write the three demo datasets under ``root``; returns spec name → dataset folder."""
+def write_demo_data(root: Path, names: tuple[str, ...] | list[str] = DEFAULT_DEMOS) -> dict[str, Path]:
+    """Write the demo datasets ``names`` under ``root``; returns spec name → dataset folder."""
     root = Path(root)
-    writers = {"demo_ct": write_demo_ct, "demo_polyp": write_demo_polyp, "demo_cxr": write_demo_cxr}
-    return {name: writer(root / DEMO_FOLDERS[name]) for name, writer in writers.items()}
+    writers = {
+        "demo_ct": write_demo_ct,
+        "demo_polyp": write_demo_polyp,
+        "demo_cxr": write_demo_cxr,
+        "demo_context": write_demo_context,
+    }
+    unknown = [n for n in names if n not in writers]
+    if unknown:
+        raise ValueError(f"unknown demo dataset '{unknown[0]}': use {', '.join(writers)}")
+    return {name: writers[name](root / DEMO_FOLDERS[name]) for name in names}
 
 
 # --- shared helpers ----------------------------------------------------------------------------------------
@@ -506,3 +525,151 @@ def _csv_bytes(header: str, rows: list[list[str]]) -> bytes:
     buf.write(header + "\n")
     csv.writer(buf, lineterminator="\n").writerows(rows)
     return buf.getvalue().encode()
+
+
+# --- (d) context-decided regions (the region-mode benchmark) -------------------------------------------------
+#
+# Single-slice abdominal CT in the MSD layout, drawn so that some region classes CANNOT be told apart from the
+# region's own pixels (docs/BENCHMARKS.md, "Region modes"):
+#
+# - laterality: the right and left kidney are drawn from one distribution (same shape, size, intensity);
+#   only where they sit in the body says which is which;
+# - host organ: a lesion is the same hypodense disc in the liver and in the spleen, and the two organs have
+#   the same intensity and texture; half the cases are mirrored (situs inversus: liver on the patient's left),
+#   so the lesion's position in the frame does not tell its host either. Only the organ around it does;
+# - appearance: liver and spleen differ by their own shape and size (large oblong vs small round), wherever
+#   they sit.
+#
+# What each method should manage: a box crop sees a kidney or a disc and nothing of where it is (chance on
+# both context pairs); mask-input keeps the region's place in the frame (laterality) but blanks the host
+# organ (chance on lesions); alpha and medpclip see the whole image and the prompt (both pairs).
+
+CONTEXT_CASES = 300
+CONTEXT_SHAPE = (128, 128, 1)  # one axial slice per case (MSD volumes of depth 1)
+CONTEXT_SPACING = (1.5, 1.5, 5.0)
+CONTEXT_LABELS = {
+    0: "background",
+    1: "liver",
+    2: "spleen",
+    3: "right kidney",
+    4: "left kidney",
+    5: "liver lesion",
+    6: "splenic lesion",
+}
+CONTEXT_DECIDED = ("right kidney", "left kidney", "liver lesion", "splenic lesion")
+APPEARANCE_DECIDED = ("liver", "spleen")
+
+
+def context_case_id(n: int) -> str:
+    return f"ctx_{n:03d}"
+
+
+@dataclass(frozen=True)
+class ContextCase:
+    """What one case shows, in canonical voxel space (i → patient's right, j → anterior)."""
+
+    mirrored: bool  # situs inversus: liver on the patient's left
+    organs: tuple[Blob, ...]  # liver, spleen, right kidney, left kidney (labelled), vertebra, aorta (not)
+    lesions: tuple[tuple[int, tuple[float, float], float], ...]  # (label, centre (i, j), radius)
+
+
+def context_case_plan(n: int) -> ContextCase:
+    rng = np.random.default_rng(9000 + n)
+    mirrored = bool(rng.random() < 0.5)
+    organ_hu = 55.0  # liver and spleen: one intensity, so a lesion's rim cannot tell its host
+
+    def near(v: float, d: float) -> float:
+        return float(v + rng.uniform(-d, d))
+
+    # Geometry: every labelled structure keeps a few pixels of plain soft tissue around it, more than a box
+    # crop's margin, so a crop shows the region and the same grey rim whatever it is (a kidney near the
+    # body wall would show the fat on one side, and the side would give its laterality away).
+    liver_i, spleen_i = (46.0, 90.0) if mirrored else (82.0, 38.0)
+    liver = Blob(1, (near(liver_i, 3), near(84, 3)), (near(22, 2), near(12, 1)), (0, 1), organ_hu, False)
+    spleen = Blob(2, (near(spleen_i, 3), near(84, 3)), (near(13, 1), near(13, 1)), (0, 1), organ_hu, False)
+    kidneys = tuple(
+        Blob(label, (near(i, 3), near(52, 2)), (near(7, 0.5), near(9.5, 0.7)), (0, 1), 30.0, False)
+        for label, i in ((3, 86.0), (4, 42.0))
+    )
+    context = (
+        Blob(0, (near(64, 1), near(25, 1)), (7.0, 6.0), (0, 1), 700.0, False),  # vertebral body
+        Blob(0, (near(64, 0.5), near(44, 1)), (4.5, 4.5), (0, 1), 200.0, False),  # aorta
+    )
+    hosts = {0: (liver,), 1: (spleen,), 2: (liver, spleen)}[int(rng.integers(0, 3))]
+    lesions = []
+    for host in hosts:
+        r = float(rng.uniform(4.0, 5.5))
+        # The whole crop window of the lesion (its box grown by the crop margin, one pixel spare) lies inside
+        # the host, so a crop shows disc and organ only; the organ's centre always qualifies.
+        half = 1.2 * r + 1.5
+        centre = host.center
+        for _ in range(200):
+            u, v = rng.uniform(-1, 1, size=2)
+            c = (host.center[0] + u * host.semi[0], host.center[1] + v * host.semi[1])
+            corners = [(c[0] + a * half, c[1] + b * half) for a in (-1, 1) for b in (-1, 1)]
+            if all(
+                ((x - host.center[0]) / (host.semi[0] - 1)) ** 2
+                + ((y - host.center[1]) / (host.semi[1] - 1)) ** 2
+                <= 1
+                for x, y in corners
+            ):
+                centre = c
+                break
+        lesions.append((5 if host.label == 1 else 6, centre, r))
+    return ContextCase(mirrored, (liver, spleen, *kidneys, *context), tuple(lesions))
+
+
+def context_case_arrays(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(HU int16, labels uint8) of case ``n`` in canonical orientation, shape ``CONTEXT_SHAPE``."""
+    hu, labels, rng = context_case_drawing(n)
+    hu = hu + rng.normal(0, 8, hu.shape) * (hu > -900)
+    hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    return hu[:, :, None], labels[:, :, None]
+
+
+def context_case_drawing(n: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+    """The noise-free 2D drawing of case ``n`` (HU float, labels), and the generator that adds its noise."""
+    nx, ny, _ = CONTEXT_SHAPE
+    plan = context_case_plan(n)
+    rng = np.random.default_rng(19000 + n)
+    body_semi = (rng.uniform(57, 59), rng.uniform(47, 49))
+    hu = np.full((nx, ny), -1000.0)
+    labels = np.zeros((nx, ny), np.uint8)
+    hu[_ellipse((nx, ny), (64, 64), body_semi)] = -100.0
+    hu[_ellipse((nx, ny), (64, 64), (body_semi[0] - 6, body_semi[1] - 5))] = 40.0
+    for blob in plan.organs:
+        m = _ellipse((nx, ny), blob.center, blob.semi)
+        hu[m] = blob.hu
+        labels[m] = blob.label
+        if blob.label in (3, 4):  # enhancing cortex, the same on both sides
+            hu[m & ~ndimage.binary_erosion(m, iterations=2)] = blob.hu + 110
+    for label, centre, r in plan.lesions:
+        m = _ellipse((nx, ny), centre, (r, r))
+        hu[m] = 10.0
+        labels[m] = label
+    return hu, labels, rng
+
+
+def write_demo_context(folder: Path) -> Path:
+    affine = np.diag([*CONTEXT_SPACING, 1.0])  # RAS as stored: i → patient's right
+    cases = [context_case_id(n) for n in range(CONTEXT_CASES)]
+    for n, case in enumerate(cases):
+        hu, labels = context_case_arrays(n)
+        _write(folder / "imagesTr" / f"{case}.nii.gz", nifti_gz(hu, affine))
+        _write(folder / "labelsTr" / f"{case}.nii.gz", nifti_gz(labels, affine))
+    meta = {
+        "name": "DemoContextCT",
+        "description": "Synthetic abdominal CT slices whose region classes need the image context (medpclip demo)",
+        "reference": "medpclip demo generator (synthetic, no patient data)",
+        "licence": "CC-BY-SA 4.0",
+        "release": "1.0 07/12/2026",
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
+        "labels": {str(k): v for k, v in CONTEXT_LABELS.items()},
+        "numTraining": len(cases),
+        "numTest": 0,
+        "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in cases],
+        "test": [],
+    }
+    _write(folder / "dataset.json", (json.dumps(meta, indent=4) + "\n").encode())
+    return folder

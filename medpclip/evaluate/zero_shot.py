@@ -7,6 +7,9 @@ Per dataset of the split, from the un-augmented images (letterboxed to the model
   mask regions, box for box regions), ``top1_box`` / ``top1_point`` with the same regions prompted by their
   box / their points, and ``top1_shuffled_prompts``: the same regions with the prompts shuffled between them
   (a derangement within each batch). The last one is the control: if prompts matter, it falls to chance.
+  Per category, ``top1:{category}`` (and ``top1_box:…``, ``top1_point:…``): the share of that category's
+  regions classified right (its ``n``), so that classes of different difficulty can be told apart (the
+  region-mode benchmark groups them).
 - ``image_cls``: the image embedding against the dataset's image labels (``image_labels``, e.g. ChestX-ray14
   findings) or, for datasets without them, the region categories present in the image (multi-label):
   macro ``auc`` (chance 0.5) and ``top1`` over single-label images (chance 1/K).
@@ -14,7 +17,7 @@ Per dataset of the split, from the un-augmented images (letterboxed to the model
   regions against their texts. Identical texts are one gallery item and every item with the query's text
   is a positive, so R@k is well defined with duplicates; ``chance`` is computed exactly for each query.
 
-Rows ``run_id, checkpoint, task, dataset, split, metric, value, n, chance`` are written to
+Rows ``run_id, checkpoint, region_mode, task, dataset, split, metric, value, n, chance`` are written to
 ``CORPUS/metrics/{run_id}-{step}-{split}[-{datasets}].parquet``, next to the manifests of the corpus they
 were measured on (the corpus's ``metrics`` view; re-evaluating the same checkpoint replaces its file).
 """
@@ -40,11 +43,23 @@ REGION_TEMPLATES = ("{}", "a segmentation area of the {}")
 IMAGE_TEMPLATES = ("{}", "a medical image showing {}")
 PROMPT_KINDS = ("native", "box", "point")
 TASKS = ("image_cls", "region_cls", "retrieval_i2t", "retrieval_t2i", "retrieval_r2t", "retrieval_t2r")
-COLUMNS = ("run_id", "checkpoint", "task", "dataset", "split", "metric", "value", "n", "chance")
+COLUMNS = (
+    "run_id",
+    "checkpoint",
+    "region_mode",
+    "task",
+    "dataset",
+    "split",
+    "metric",
+    "value",
+    "n",
+    "chance",
+)
 SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
         ("checkpoint", pa.string()),
+        ("region_mode", pa.string()),
         ("task", pa.string()),
         ("dataset", pa.string()),
         ("split", pa.string()),
@@ -60,6 +75,7 @@ SCHEMA = pa.schema(
 class MetricRow:
     run_id: str
     checkpoint: str
+    region_mode: str
     task: str
     dataset: str
     split: str
@@ -216,6 +232,13 @@ def region_cls_rows(dataset: str, by_kind: dict[str, Embedded], classes: np.ndar
         truth = np.array([index[c] for c in cats if c in index])
         scores = emb.regions()[keep] @ classes.T
         n = int(keep.sum())
+        name = "top1" if kind == "native" else f"top1_{kind}"
+        hit = scores.argmax(axis=1) == truth
+        for c in sorted(set(truth.tolist())):
+            of_c = truth == c
+            rows.append(
+                _row("region_cls", f"{name}:{names[c]}", hit[of_c].mean(), int(of_c.sum()), 1 / k, dataset)
+            )
         if kind == "native":
             rows.append(_row("region_cls", "top1", top1(scores, truth), n, 1 / k, dataset))
             rows.append(
@@ -379,7 +402,10 @@ def evaluate(
     run_id = meta.get("run_id", "unknown")
     ckpt = meta["checkpoint"]
     step = int(meta.get("step", 0))
-    rows = [MetricRow(run_id=run_id, checkpoint=ckpt, split=split_tag, **r) for r in raw_rows]
+    mode = model.region_mode
+    rows = [
+        MetricRow(run_id=run_id, checkpoint=ckpt, region_mode=mode, split=split_tag, **r) for r in raw_rows
+    ]
     path = None
     counts = dict(stats.counts)
     if write:

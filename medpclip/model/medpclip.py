@@ -19,6 +19,19 @@ README's "Train and evaluate"):
 
 Only standard open_clip ViTs (class-token or average pooling, no attentional pooler) are supported; other
 towers are refused with a clear message.
+
+**Region modes** (``ModelConfig.region_mode``): the baselines the paper compares against, in the same model
+class so that trainer, losses and evaluation are shared. Each starts from the same pixel map of the prompt
+(``prompt_encoder.region_maps``) and encodes the region with the WHOLE backbone (image embedding space):
+
+- ``medpclip`` (default): the feature-level integration above;
+- ``crop``: the square crop around the region's box (``CROP_MARGIN`` of its side on each side), resized to
+  the input size: the region's own pixels and a thin rim, nothing of the rest of the image;
+- ``mask-input``: the whole image with every pixel outside the region set to the mean (zero after
+  normalisation): the region's pixels at their place in the frame, nothing around them;
+- ``alpha``: Alpha-CLIP's fusion, a zero-initialised convolution of the region map (the alpha channel)
+  added to the patch embedding; the image embedding is the same tower with alpha = 1 everywhere, so at
+  initialisation both equal the backbone's.
 """
 
 from __future__ import annotations
@@ -36,7 +49,13 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medpclip.model.prompt_encoder import PromptEncoder, RegionPrompts
+from medpclip.model.prompt_encoder import (
+    PromptEncoder,
+    RegionPrompts,
+    crop_images,
+    crop_windows,
+    region_maps,
+)
 
 # Small configurations of our own, next to open_clip's named ones. ``tiny``: 64 px, 8 px patches (8×8 grid),
 # 4 vision blocks and 2 text blocks of width 64, 32 text tokens (~3.6 M parameters, most of them the token
@@ -49,6 +68,8 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 MAX_LOGIT_SCALE = math.log(100.0)
+REGION_MODES = ("medpclip", "crop", "mask-input", "alpha")
+CROP_MARGIN = 0.1  # of the region's longer side, on each side of the crop
 
 
 class ModelError(ValueError):
@@ -65,6 +86,7 @@ class ModelConfig:
     prompt_layer: int | None = None  # first ViT block that sees the prompt; None: half the depth
     dense_hidden: int = 64
     max_points: int = 8
+    region_mode: str = "medpclip"  # one of REGION_MODES: how a region prompt reaches the image tower
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,20 +185,31 @@ class MedPCLIP(nn.Module):
         k = depth // 2 if config.prompt_layer is None else config.prompt_layer
         if not 0 <= k < depth:
             raise ModelError(f"prompt_layer must be in [0, {depth - 1}], got {k}")
+        if config.region_mode not in REGION_MODES:
+            raise ModelError(
+                f"unknown region mode '{config.region_mode}': use one of {', '.join(REGION_MODES)}"
+            )
+        self.region_mode = config.region_mode
         self.prompt_layer = k
         self.depth = depth
         width = visual.transformer.width
         embed_dim = visual.output_dim
         self.grid = tuple(visual.grid_size)
         self.image_size = tuple(visual.image_size)
-        self.prompt_encoder = PromptEncoder(
-            width, self.grid, hidden=config.dense_hidden, max_points=config.max_points
-        )
-        self.region_pool = RegionPooler(width, _num_heads(visual), embed_dim)
-        with torch.no_grad():  # regions start in the image embedding's space
-            self.region_pool.proj.copy_(visual.proj)
-            if isinstance(visual.ln_post, nn.LayerNorm):
-                self.region_pool.ln_out.load_state_dict(visual.ln_post.state_dict())
+        # Only the mode's own modules exist: a checkpoint of one mode does not load as another.
+        if self.region_mode == "medpclip":
+            self.prompt_encoder = PromptEncoder(
+                width, self.grid, hidden=config.dense_hidden, max_points=config.max_points
+            )
+            self.region_pool = RegionPooler(width, _num_heads(visual), embed_dim)
+            with torch.no_grad():  # regions start in the image embedding's space
+                self.region_pool.proj.copy_(visual.proj)
+                if isinstance(visual.ln_post, nn.LayerNorm):
+                    self.region_pool.ln_out.load_state_dict(visual.ln_post.state_dict())
+        elif self.region_mode == "alpha":
+            conv1 = visual.conv1
+            self.alpha_embed = nn.Conv2d(1, conv1.out_channels, conv1.kernel_size, conv1.stride, bias=False)
+            nn.init.zeros_(self.alpha_embed.weight)  # Alpha-CLIP's zero init: starts as the backbone
         self.region_logit_scale = nn.Parameter(clip.logit_scale.detach().clone())
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -200,9 +233,24 @@ class MedPCLIP(nn.Module):
                 x = blk(x)
         return x if t.batch_first else x.transpose(0, 1)
 
+    def _embeds(self, images: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
+        """open_clip's ``VisionTransformer._embeds``, plus (alpha mode) the alpha channel's patch embedding:
+        ``alpha`` (B, H, W) in [0, 1]; None means the whole image (alpha = 1)."""
+        visual = self.clip.visual
+        if self.region_mode != "alpha":
+            return visual._embeds(images)
+        if alpha is None:
+            alpha = images.new_ones(images.shape[0], *images.shape[-2:])
+        # centred like the image channels, so a region and its complement push in opposite directions
+        x = visual.conv1(images) + self.alpha_embed((2 * alpha - 1)[:, None].to(images.dtype))
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        return visual.ln_pre(visual.patch_dropout(x))
+
     def trunk(self, images: torch.Tensor) -> torch.Tensor:
         """Tokens (B, 1+L, W) entering block ``prompt_layer``: computed once per image."""
-        return self._blocks(self.clip.visual._embeds(images), 0, self.prompt_layer)
+        return self._blocks(self._embeds(images), 0, self.prompt_layer)
 
     def image_head(self, x: torch.Tensor) -> torch.Tensor:
         """Trunk tokens → image embedding (not normalised), exactly open_clip's ``encode_image``."""
@@ -236,12 +284,34 @@ class MedPCLIP(nn.Module):
         trunk: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flat prompts (N, …), each on image ``image_index[n]`` of ``images`` → (N, D) region embeddings."""
-        x = self.trunk(images) if trunk is None else trunk
         if prompts.kinds.shape[0] == 0:
-            return x.new_zeros(0, self.clip.visual.output_dim)
+            return images.new_zeros(0, self.clip.visual.output_dim)
+        if self.region_mode != "medpclip":
+            feats = self._encode_region_inputs(images, prompts, image_index)
+            return F.normalize(feats, dim=-1) if normalize else feats
+        x = self.trunk(images) if trunk is None else trunk
         tokens, footprint = self.region_tokens(x, prompts, image_index)
         feats = self.region_head(tokens, footprint, prompts)
         return F.normalize(feats, dim=-1) if normalize else feats
+
+    def region_inputs(
+        self, images: torch.Tensor, prompts: RegionPrompts, image_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the input-side baselines feed the tower for each region: (N, 3, H, W) images and, in alpha
+        mode, the (N, H, W) alpha maps (else None)."""
+        maps = region_maps(prompts, tuple(images.shape[-2:]))
+        x = images[image_index]
+        if self.region_mode == "crop":
+            return crop_images(x, crop_windows(maps, CROP_MARGIN)), None
+        if self.region_mode == "mask-input":
+            return x * maps[:, None].to(x.dtype), None
+        return x, maps
+
+    def _encode_region_inputs(self, images, prompts, image_index) -> torch.Tensor:
+        x, alpha = self.region_inputs(images, prompts, image_index)
+        visual = self.clip.visual
+        pooled, _ = visual._pool(self._blocks(self._embeds(x, alpha), 0, self.depth))
+        return pooled @ visual.proj if visual.proj is not None else pooled
 
     # --- text --------------------------------------------------------------------------------------------
 

@@ -185,3 +185,81 @@ class PromptEncoder(nn.Module):
             dim=1,
         )
         return tokens, absent
+
+
+# --- the prompt as pixels: what the input-side baselines (crop, mask-input, alpha) see -----------------------
+
+POINT_RADIUS = 1 / 16  # half the side of the square a point stands for, as a fraction of the image side
+MIN_CROP = 1 / 16  # smallest crop window side (fraction of the image): a few-pixel region is not blown up
+
+
+def region_maps(prompts: RegionPrompts, size: tuple[int, int]) -> torch.Tensor:
+    """Flat (N, …) prompts → (N, H, W) float {0, 1}: where the prompt says the region is, at image resolution.
+
+    A mask is itself; a box is the pixels whose centres lie inside it; points are squares of side
+    ``2 · POINT_RADIUS`` (of the image side) around the POSITIVE points (negative points say where the region
+    is not, which a pixel map cannot hold). The baselines that change the input (``crop``, ``mask-input``,
+    ``alpha``) all start from this map, so one prompt means the same region to every method."""
+    h, w = size
+    kinds = prompts.kinds
+    n = kinds.shape[0]
+    device = kinds.device
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+    x0, y0, x1, y1 = prompts.boxes.float().unbind(-1)
+    inside_box = ((ys >= y0[:, None]) & (ys < y1[:, None]))[:, :, None] & (
+        (xs >= x0[:, None]) & (xs < x1[:, None])
+    )[:, None, :]
+    px, py = prompts.points[..., 0].float(), prompts.points[..., 1].float()  # (N, P)
+    positive = (prompts.point_labels == 1)[:, :, None]
+    near_x = (xs[None, None, :] - px[:, :, None]).abs() <= POINT_RADIUS  # (N, P, W)
+    near_y = (ys[None, None, :] - py[:, :, None]).abs() <= POINT_RADIUS  # (N, P, H)
+    near_points = ((near_y & positive)[:, :, :, None] & near_x[:, :, None, :]).any(dim=1)
+    masks = prompts.masks
+    if n and masks.shape[-2:] != (h, w):
+        masks = F.interpolate(masks.float()[:, None], size=(h, w), mode="nearest")[:, 0]
+    masks = masks.bool()
+    is_mask = (kinds == KIND_INDEX["mask"])[:, None, None]
+    is_box = (kinds == KIND_INDEX["box"])[:, None, None]
+    is_point = (kinds == KIND_INDEX["point"])[:, None, None]
+    out = (masks & is_mask) | (inside_box & is_box) | (near_points & is_point)
+    return out.float()
+
+
+def crop_windows(maps: torch.Tensor, margin: float) -> torch.Tensor:
+    """(N, H, W) region maps → (N, 4) square windows ``[cx, cy, side, side]`` in normalised image units: the
+    map's tight box grown by ``margin`` of its longer side on every side, made square (the crop keeps the
+    region's shape; the encoder's input is square) and at least ``MIN_CROP`` wide. An empty map gives the
+    whole image. Windows may reach past the image border (that part reads as the normalised mean, zero)."""
+    n, h, w = maps.shape
+    rows, cols = maps.amax(dim=2) > 0, maps.amax(dim=1) > 0  # (N, H), (N, W)
+    empty = ~rows.any(dim=1)
+
+    def extent(hit: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.arange(length, device=maps.device)
+        first = torch.where(hit, idx, length).amin(dim=1)
+        last = torch.where(hit, idx, -1).amax(dim=1) + 1
+        return first / length, last / length
+
+    y0, y1 = extent(rows, h)
+    x0, x1 = extent(cols, w)
+    side = torch.maximum(x1 - x0, y1 - y0)
+    side = (side * (1 + 2 * margin)).clamp(min=MIN_CROP)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    whole = torch.tensor([0.5, 0.5, 1.0, 1.0], device=maps.device)
+    windows = torch.stack([cx, cy, side, side], dim=1)
+    return torch.where(empty[:, None], whole, windows)
+
+
+def crop_images(images: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """Bilinear crops of (N, C, H, W) images to windows (N, 4) ``[cx, cy, w, h]`` (normalised), resized to the
+    input size; outside the image reads zero (the mean, for normalised inputs)."""
+    n = images.shape[0]
+    cx, cy, cw, ch = windows.unbind(-1)
+    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = cw.to(images.dtype)
+    theta[:, 0, 2] = (2 * cx - 1).to(images.dtype)
+    theta[:, 1, 1] = ch.to(images.dtype)
+    theta[:, 1, 2] = (2 * cy - 1).to(images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

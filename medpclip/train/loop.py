@@ -36,7 +36,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -71,6 +71,8 @@ class TrainConfig(BaseModel):
         default=None, ge=16
     )  # None: the model's own (224 for ViT-B-16, 64 for tiny)
     prompt_layer: int | None = Field(default=None, ge=0)
+    # how a region prompt reaches the image tower: MedP-CLIP's feature-level integration or a baseline
+    region_mode: Literal["medpclip", "crop", "mask-input", "alpha"] = "medpclip"
     steps: int = Field(default=1000, ge=1)
     batch_size: int = Field(default=64, ge=1)  # per worker and micro-batch
     accum_steps: int = Field(default=1, ge=1)
@@ -115,6 +117,7 @@ class TrainConfig(BaseModel):
             pretrained=self.pretrained,
             image_size=self.image_size,
             prompt_layer=self.prompt_layer,
+            region_mode=self.region_mode,
         )
 
     def data_config(self) -> DataConfig:
@@ -195,12 +198,22 @@ def latest_checkpoint(path: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[MedPCLIP, Any, dict]:
-    """(model in eval mode, tokenizer, meta) from a checkpoint or a training ``--out`` directory."""
+def load_checkpoint(
+    path: Path, device: str | torch.device = "cpu", region_mode: str | None = None
+) -> tuple[MedPCLIP, Any, dict]:
+    """(model in eval mode, tokenizer, meta) from a checkpoint or a training ``--out`` directory. The model's
+    region mode is the checkpoint's; ``region_mode``, when given, is what the caller expects, and a checkpoint
+    of another mode is refused (its weights would not mean what the caller thinks)."""
     ckpt = latest_checkpoint(path)
     if ckpt is None:
         raise TrainError(f"no checkpoint in '{path}'")
     meta = json.loads((ckpt / "meta.json").read_text(encoding="utf-8"))
+    stored = meta["model"].get("region_mode", "medpclip")  # checkpoints before region modes: medpclip
+    if region_mode is not None and region_mode != stored:
+        raise TrainError(
+            f"checkpoint '{ckpt}' was trained with --region-mode {stored}; it cannot be loaded as "
+            f"{region_mode} (train a {region_mode} run, or load it as {stored})"
+        )
     cfg = ModelConfig(**{**meta["model"], "pretrained": None})  # the weights come from the checkpoint
     model, tokenizer = build_model(cfg)
     state = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
@@ -532,10 +545,11 @@ def _check_resume(cfg: TrainConfig, existing: Path | None, resume: bool) -> None
         )
     meta = json.loads((existing / "meta.json").read_text(encoding="utf-8"))
     want = cfg.backbone_config().to_dict() | {"image_size": cfg.data_config().image_size}
-    for key in ("name", "image_size", "prompt_layer"):
-        if meta["model"].get(key) != want.get(key):
+    stored = {"region_mode": "medpclip", **meta["model"]}  # runs from before region modes: medpclip
+    for key in ("name", "image_size", "prompt_layer", "region_mode"):
+        if stored.get(key) != want.get(key):
             raise TrainError(
-                f"cannot resume: the run in '{cfg.out}' has {key} {meta['model'].get(key)!r}, "
+                f"cannot resume: the run in '{cfg.out}' has {key} {stored.get(key)!r}, "
                 f"this command asks for {want.get(key)!r}"
             )
 
