@@ -3,7 +3,9 @@ carried from discovery to read, and 2D image decoding with Pillow."""
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
@@ -279,6 +281,52 @@ def load_mask(path: Path, rel: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
 
 
 # --- text tables ---------------------------------------------------------------------------------------------
+
+
+# The words a table's split column may hold, and the split each means (volumes and raster tables).
+SPLIT_WORDS = {
+    "train": "train",
+    "training": "train",
+    "tr": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+    "ts": "test",
+}
+
+
+def table_rows(
+    root: Path, rel: str, delimiter: str, needed: Iterable[str | None]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) of a delimited table with a header, cells and column names stripped, after checking
+    that every ``needed`` column is there (``unreadable_table`` naming the columns it has)."""
+    reader = csv.DictReader(io.StringIO(read_utf8(root / rel, rel)), delimiter=delimiter)
+    columns = [(c or "").strip() for c in reader.fieldnames or []]
+    for column in needed:
+        if column is not None and column not in columns:
+            raise ReadError(
+                "unreadable_table",
+                f"{rel}: no column '{column}' (columns: {', '.join(columns)}; delimiter {delimiter!r})",
+            )
+    for line, raw in enumerate(reader, start=2):
+        yield line, {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+
+
+def rows_by_id(
+    root: Path, rel: str, delimiter: str, id_column: str, needed: Iterable[str | None], purpose: str
+) -> dict[str, dict[str, str]]:
+    """A per-case table's rows by its id column (the first row of an id wins; rows without an id skipped).
+    ``purpose`` says in a missing table's error what the spec takes from it."""
+    if not (root / rel).is_file():
+        raise ReadError("missing_file", f"{rel} (the table this spec takes {purpose} from)")
+    rows: dict[str, dict[str, str]] = {}
+    for _, row in table_rows(root, rel, delimiter, [id_column, *needed]):
+        case = row.get(id_column, "")
+        if case:
+            rows.setdefault(case, row)
+    return rows
 
 
 def read_utf8(path: Path, rel: str, reason: str = "unreadable_table") -> str:

@@ -92,10 +92,8 @@ Image and mask must have the same size (``shape_mismatch`` otherwise). Images co
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import glob
-import io
 import json
 import os
 import posixpath
@@ -109,6 +107,7 @@ from scipy import ndimage
 
 from medpclip.frame import Box, Frame, ReadError, SourceFile, SourceItem
 from medpclip.sources._common import (
+    SPLIT_WORDS,
     existing,
     file_of,
     files_of,
@@ -122,29 +121,16 @@ from medpclip.sources._common import (
     read_image,
     read_utf8,
     resolve_label,
+    rows_by_id,
     sorted_items,
 )
 from medpclip.sources._shapes import InstanceLayers
 from medpclip.sources.raster.options import (
     MaskPattern,
     RasterOptions,
-    RasterTable,
     pattern_literal,
 )
 from medpclip.specs import DatasetSpec
-
-# the words a table's split column may hold (as the volumes family reads them)
-_SPLIT_WORDS = {
-    "train": "train",
-    "training": "train",
-    "tr": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
-    "ts": "test",
-}
 
 # --- discover ----------------------------------------------------------------------------------------------
 
@@ -162,7 +148,11 @@ def discover(spec: DatasetSpec, root: Path) -> Iterator[SourceItem]:
     opts = parse_options(spec, RasterOptions)
     _check_labels(spec, opts)
     boxes = _load_boxes_json(root, opts.boxes_json) if opts.boxes_json else {}
-    rows = _read_table(root, opts.table) if opts.table is not None else {}
+    rows = (
+        rows_by_id(root, t.path, t.delimiter, t.id_column, t.columns(), "per-image fields")
+        if (t := opts.table) is not None
+        else {}
+    )
     listed = _read_split_lists(root, opts.split_lists)
     candidates = [
         p for p in glob_files(root, opts.images) if not _excluded(p.relative_to(root), opts.exclude)
@@ -265,7 +255,7 @@ def _official_split(
     table = opts.table
     if row is not None and table is not None and table.split_column is not None:
         value = row.get(table.split_column, "")
-        split = _SPLIT_WORDS.get(value.lower())
+        split = SPLIT_WORDS.get(value.lower())
         if split is not None:
             return split, None
         if value:
@@ -295,28 +285,6 @@ def _orphans(
         error = ("missing_file", f"image '{case_id}' is listed in {name} but not on disk")
         out.append(make_item(spec, case_id, [SourceFile("split_list", raw_path(spec, name))], error=error))
     return out
-
-
-def _read_table(root: Path, table: RasterTable) -> dict[str, dict[str, str]]:
-    """Rows of ``table`` by id column (the first row of an id wins), cells stripped."""
-    if not (root / table.path).is_file():
-        raise ReadError("missing_file", f"{table.path} (the table this spec takes per-image fields from)")
-    text = read_utf8(root / table.path, table.path)  # BOM or not
-    reader = csv.DictReader(io.StringIO(text), delimiter=table.delimiter)
-    columns = [(c or "").strip() for c in reader.fieldnames or []]
-    for needed in table.columns():
-        if needed not in columns:
-            raise ReadError(
-                "unreadable_table",
-                f"{table.path}: no column '{needed}' (columns: {', '.join(columns)}; delimiter {table.delimiter!r})",
-            )
-    rows: dict[str, dict[str, str]] = {}
-    for raw in reader:
-        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        case = row.get(table.id_column, "")
-        if case:
-            rows.setdefault(case, row)
-    return rows
 
 
 def _read_split_lists(root: Path, lists: dict[str, str]) -> dict[str, list[tuple[str, str]]]:

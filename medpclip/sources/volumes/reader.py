@@ -113,9 +113,7 @@ the true axes, and cut into display slices along every plane of ``spec.slicing``
 
 from __future__ import annotations
 
-import csv
 import fnmatch
-import io
 import json
 import re
 import zlib
@@ -129,6 +127,7 @@ import numpy as np
 from medpclip.frame import DiscoveryNote, Frame, ReadError, SourceFile, SourceItem
 from medpclip.imaging import display_slice, iter_slices, reorient_canonical
 from medpclip.sources._common import (
+    SPLIT_WORDS,
     check_pixels,
     existing,
     file_of,
@@ -139,9 +138,10 @@ from medpclip.sources._common import (
     parse_options,
     raise_item_error,
     raw_path,
-    read_utf8,
+    rows_by_id,
     sorted_items,
     strip_dot,
+    table_rows,
 )
 from medpclip.sources.volumes.itk_images import is_data_file, is_itk, load_itk
 from medpclip.sources.volumes.options import (
@@ -151,7 +151,6 @@ from medpclip.sources.volumes.options import (
     InstanceTable,
     MsdVolumes,
     PairVolumes,
-    TableOptions,
     VolumeLayout,
 )
 from medpclip.specs import DatasetSpec
@@ -161,17 +160,6 @@ _SUFFIXES = IMAGE_SUFFIXES
 # detached): ``_resolve``
 _VARIANTS = ((".nii.gz", ".nii"), (".nii", ".nii.gz"), (".mhd", ".mha"), (".mha", ".mhd"), (".nrrd", ".nhdr"),
              (".nhdr", ".nrrd"))  # fmt: skip
-_SPLIT_WORDS = {
-    "train": "train",
-    "training": "train",
-    "tr": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
-    "ts": "test",
-}
 _PLANE_AXIS = {"sa": 0, "co": 1, "ax": 2}
 
 
@@ -577,7 +565,7 @@ def _annotations(
 def _apply_table(spec: DatasetSpec, root: Path, opts: VolumeLayout, cases: list[_Case]) -> list[_Case]:
     table = opts.table
     assert table is not None
-    rows = _read_table(root, table)
+    rows = rows_by_id(root, table.path, table.delimiter, table.id_column, [table.split_column], "splits")
     found = {c.case for c in cases}
     for case in sorted(set(rows) - found):  # a row the folder lacks: rejected, never silently skipped
         error = ("missing_file", f"case '{case}' is listed in {table.path} but not on disk")
@@ -588,7 +576,7 @@ def _apply_table(spec: DatasetSpec, root: Path, opts: VolumeLayout, cases: list[
             continue
         c.fields.update(row)
         value = row.get(table.split_column, "") if table.split_column is not None else ""
-        split = _SPLIT_WORDS.get(value.lower())
+        split = SPLIT_WORDS.get(value.lower())
         if split is not None:
             c.official = split
         elif value:
@@ -597,27 +585,6 @@ def _apply_table(spec: DatasetSpec, root: Path, opts: VolumeLayout, cases: list[
                 f"{table.path}: {table.split_column} '{value}' of case '{c.case}' is not train/val/test",
             )
     return cases
-
-
-def _read_table(root: Path, table: TableOptions) -> dict[str, dict[str, str]]:
-    if not (root / table.path).is_file():
-        raise ReadError("missing_file", f"{table.path} (the table this spec takes splits from)")
-    text = read_utf8(root / table.path, table.path)  # BOM or not
-    reader = csv.DictReader(io.StringIO(text), delimiter=table.delimiter)
-    columns = [(c or "").strip() for c in reader.fieldnames or []]
-    for needed in (table.id_column, table.split_column):
-        if needed is not None and needed not in columns:
-            raise ReadError(
-                "unreadable_table",
-                f"{table.path}: no column '{needed}' (columns: {', '.join(columns)}; delimiter {table.delimiter!r})",
-            )
-    rows: dict[str, dict[str, str]] = {}
-    for raw in reader:
-        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        case = row.get(table.id_column, "")
-        if case:
-            rows.setdefault(case, row)
-    return rows
 
 
 def _apply_instance_table(
@@ -635,16 +602,8 @@ def _apply_instance_table(
     problems: dict[str, str] = {}
     by_file: dict[str, set[str]] = {}
     for rel in paths:
-        reader = csv.DictReader(io.StringIO(read_utf8(root / rel, rel)), delimiter=table.delimiter)
-        columns = [(c or "").strip() for c in reader.fieldnames or []]
-        for needed in (table.id_column, table.instance_column, table.class_column):
-            if needed not in columns:
-                raise ReadError(
-                    "unreadable_table",
-                    f"{rel}: no column '{needed}' (columns: {', '.join(columns)}; delimiter {table.delimiter!r})",
-                )
-        for line, raw in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        needed = (table.id_column, table.instance_column, table.class_column)
+        for line, row in table_rows(root, rel, table.delimiter, needed):
             case, instance, code = (
                 row.get(c, "") for c in (table.id_column, table.instance_column, table.class_column)
             )
