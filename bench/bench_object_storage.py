@@ -1,13 +1,15 @@
-"""Build throughput to object storage against local disk, side by side (issue 17).
+"""Build throughput to and from object storage against local disk, side by side (issue 17).
 
     python -m bench.bench_object_storage [rounds]
 
 An S3 API server on loopback (moto's ``moto_server``, started and stopped here by PID; bench-only: it ships
-with the dev extras) and the demo CT + polyp datasets. Each round builds the same inputs once to a local folder
-and once to ``s3://…`` (fresh output each time, order alternating round by round so machine noise hits both
-alike), each as a whole ``medpclip build`` process with one Ray worker. Reports the median seconds of each and
-the median of the per-round ratios disk/S3 (1.0 = no cost for the upload). Loopback has no network latency or
-bandwidth limit: the ratio is the cost of the staging and upload path itself, a lower bound for a real bucket.
+with the dev extras) and the demo CT + polyp datasets. Each round builds the same inputs three times: raw
+folder → local folder (disk), raw folder → ``s3://…`` (S3 out), and raw in ``s3://…`` → local folder (S3 raw,
+with a cold discovery skeleton each time: an empty ``MEDPCLIP_CACHE``); fresh output each time, the order
+rotating round by round so machine noise hits all alike; each a whole ``medpclip build`` process with one Ray
+worker. Reports the median seconds of each and the medians of the per-round ratios disk/S3 (1.0 = no cost for
+the object store). Loopback has no network latency or bandwidth limit: the ratios are the cost of the staging,
+upload and download paths themselves, a lower bound for a real bucket.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _build(env: dict, raw: Path, out: str) -> float:
+def _build(env: dict, raw: Path | str, out: str) -> float:
     t = time.perf_counter()
     subprocess.run(
         [str(BIN / "medpclip"), "build", "--spec", "demo_ct,demo_polyp", "--raw-root", str(raw), "--out", out,
@@ -73,23 +75,37 @@ def main(rounds: int = 3) -> dict:
         subprocess.run(
             [str(BIN / "medpclip"), "demo-data", str(raw)], env=env, check=True, capture_output=True
         )
-        mk = "import s3fs; s3fs.S3FileSystem().mkdir('bench-corpora')"
-        subprocess.run([sys.executable, "-c", mk], env=env, check=True)
-        disk, s3, ratios = [], [], []
+        mk = (
+            "import s3fs, sys; fs = s3fs.S3FileSystem(); fs.mkdir('bench-corpora'); fs.mkdir('bench-raw'); "
+            "fs.put(sys.argv[1] + '/', 'bench-raw/demo', recursive=True)"
+        )
+        subprocess.run([sys.executable, "-c", mk, str(raw)], env=env, check=True)
+        kinds = ["disk", "s3", "s3_raw"]
+        seconds: dict[str, list[float]] = {k: [] for k in kinds}
+        ratios: dict[str, list[float]] = {"s3": [], "s3_raw": []}
         for r in range(rounds):
             runs = {}
-            for where in ("disk", "s3") if r % 2 == 0 else ("s3", "disk"):
-                out = str(work / f"out-{r}") if where == "disk" else f"s3://bench-corpora/round-{r}"
-                runs[where] = _build(env, raw, out)
-            disk.append(runs["disk"])
-            s3.append(runs["s3"])
-            ratios.append(runs["disk"] / runs["s3"])
+            for where in kinds[r % 3 :] + kinds[: r % 3]:
+                if where == "disk":
+                    runs[where] = _build(env, raw, str(work / f"out-{r}"))
+                elif where == "s3":
+                    runs[where] = _build(env, raw, f"s3://bench-corpora/round-{r}")
+                else:  # a cold skeleton: the driver lists and fetches it all, as on a first build
+                    cold = env | {"MEDPCLIP_CACHE": str(work / f"cache-{r}")}
+                    runs[where] = _build(cold, "s3://bench-raw/demo", str(work / f"from-s3-{r}"))
+            for k in kinds:
+                seconds[k].append(runs[k])
+            for k in ratios:
+                ratios[k].append(runs["disk"] / runs[k])
         result = {
             "rounds": rounds,
-            "disk_seconds_median": round(statistics.median(disk), 2),
-            "s3_seconds_median": round(statistics.median(s3), 2),
-            "disk_over_s3_median": round(statistics.median(ratios), 3),
-            "what": "medpclip build demo_ct,demo_polyp --max-side 512 --num-cpus 1, whole process, moto on loopback",
+            "disk_seconds_median": round(statistics.median(seconds["disk"]), 2),
+            "s3_seconds_median": round(statistics.median(seconds["s3"]), 2),
+            "disk_over_s3_median": round(statistics.median(ratios["s3"]), 3),
+            "s3_raw_seconds_median": round(statistics.median(seconds["s3_raw"]), 2),
+            "disk_over_s3_raw_median": round(statistics.median(ratios["s3_raw"]), 3),
+            "what": "medpclip build demo_ct,demo_polyp --max-side 512 --num-cpus 1, whole process, moto on "
+            "loopback; s3 = raw folder -> s3:// out, s3_raw = s3:// raw (cold skeleton) -> folder out",
         }
         save_result("object-storage", result)
         print(result)

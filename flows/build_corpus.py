@@ -62,8 +62,8 @@ def plan_task(
 ) -> Plan:
     plan = prepare_build(
         specs,
-        Path(raw_root),
-        out,  # a folder or an object-storage URL (prepare_build resolves either)
+        raw_root,  # each a folder or an object-storage URL (prepare_build resolves either)
+        out,
         max_side=max_side,
         force=force,
         id_salt=id_salt,
@@ -202,15 +202,18 @@ def build_corpus_flow(
     """Build (or resume) a corpus: validate specs → plan → one Ray run per dataset (all at once) → settle
     duplicate splits → finish → warehouse → QA.
 
-    ``specs`` is comma-separated names from ``dataset_specs/`` or YAML paths. Relative ``raw_root``/``out`` are
-    taken from the working directory of the process that runs the flow (``medpclip serve`` or a worker).
+    ``specs`` is comma-separated names from ``dataset_specs/`` or YAML paths. ``raw_root`` and ``out`` are
+    folders or object-storage URLs (``s3://bucket/prefix``); relative folders are taken from the working
+    directory of the process that runs the flow (``medpclip serve`` or a worker).
     ``write_demo_data`` first writes the demo raw datasets into ``raw_root`` (the ``demo`` deployment).
     ``num_cpus`` sizes a local Ray (ignored with ``ray_address``); ``id_salt``, ``shard_max_bytes`` as
     ``medpclip build --id-salt/--shard-max-bytes``.
     """
-    raw_root = str(Path(raw_root).resolve())
-    out = out if is_url(out) else str(Path(out).resolve())  # s3://… stays a URL
+    raw_root = raw_root if is_url(raw_root) else str(Path(raw_root).resolve())  # s3://… stays a URL
+    out = out if is_url(out) else str(Path(out).resolve())
     if write_demo_data:
+        if is_url(raw_root):
+            raise BuildError(f"write_demo_data writes into a local folder, not {raw_root}: give a folder")
         write_demo_data_task(raw_root)
     spec_list = validate_specs(specs)
     plan = plan_task(spec_list, raw_root, out, max_side, force, id_salt, shard_max_bytes)

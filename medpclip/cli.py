@@ -53,7 +53,11 @@ def build(
         str, typer.Option("--spec", help="spec names from dataset_specs/ or YAML paths, comma-separated")
     ],
     raw_root: Annotated[
-        Path, typer.Option("--raw-root", help="folder holding the datasets as their archives unpack")
+        str,
+        typer.Option(
+            "--raw-root",
+            help="folder (or object-storage URL, s3://bucket/prefix) holding the datasets as their archives unpack",
+        ),
     ],
     out: Annotated[
         str,

@@ -24,6 +24,10 @@ class StorageError(ValueError):
     """The corpus location cannot be read (unreachable endpoint, refused credentials, no such bucket)."""
 
 
+class NothingThere(StorageError):
+    """The store answered, and holds no such bucket or no object under the prefix."""
+
+
 def is_url(location: str | os.PathLike) -> bool:
     """True for ``scheme://…`` locations other than ``file://``."""
     text = str(location)
@@ -80,7 +84,7 @@ def check_location(path: Any) -> None:
         path.fs.ls(path.path, detail=False)
     except FileNotFoundError:
         bucket = path.path.split("/", 1)[0]
-        raise StorageError(
+        raise NothingThere(
             f"{where}: nothing there (no bucket '{bucket}' or no objects under the prefix): check the URL"
         ) from None
     except PermissionError as e:

@@ -1,7 +1,7 @@
 """Orchestration with real servers on loopback: a Prefect server + `medpclip serve` + `prefect deployment run`,
-a two-node Ray cluster + `ray job submit` (output on a folder, or in an S3 bucket of a moto server with the two
-nodes started in different working directories, sharing no output disk), and SIGKILLed builds that resume to
-identical bytes."""
+a two-node Ray cluster + `ray job submit` (raw root and output on folders, or both in an S3 bucket of a moto
+server, the two nodes started in different working directories and sharing no disk), and SIGKILLed builds that
+resume to identical bytes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from corpus_utils import DEMO_SPECS, tree_hashes
+from corpus_utils import DEMO_SPECS, NON_DETERMINISTIC, tree_hashes
 from procs import free_port, http_ok, running, stop, wait_until
 
 from medpclip.corpus.build import build_corpus
@@ -93,39 +93,64 @@ def test_prefect_deployment_run_builds_the_demo(tmp_path):
 
 
 @contextlib.contextmanager
-def _output(kind: str, tmp_path: Path):
-    """(the build's --out, extra environment, a check of the result) for a folder or an S3 bucket."""
+def _output(kind: str, tmp_path: Path, demo_raw: Path):
+    """(the build's --raw-root, its --out, extra environment, a check of the result) for folders, or for raw
+    files and corpus in an S3 bucket."""
     if kind == "posix":
         out = tmp_path / "corpus"
-        yield str(out), {}, lambda env: check_corpus(out).problems
+        yield str(demo_raw), str(out), {}, lambda env: check_corpus(out).problems
         return
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    aws = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "two-nodes", "AWS_SECRET_ACCESS_KEY": "two-nodes",
-           "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    aws = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "two-nodes",
+        "AWS_SECRET_ACCESS_KEY": "two-nodes",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "MEDPCLIP_CACHE": str(tmp_path / "driver-cache"),  # the job driver's raw skeleton
+    }
     with running(
         [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], tmp_path / "moto.log"
     ) as moto:
         wait_until(lambda: http_ok(f"{endpoint}/moto-api/"), 60, "moto_server", moto)
-        mk = "import s3fs; s3fs.S3FileSystem().mkdir('two-nodes')"
-        subprocess.run([sys.executable, "-c", mk], env=_env(**aws), check=True)
+        mk = (
+            "import s3fs, sys; fs = s3fs.S3FileSystem(); fs.mkdir('two-nodes'); "
+            "fs.put(sys.argv[1] + '/', 'two-nodes/raw', recursive=True)"
+        )
+        subprocess.run([sys.executable, "-c", mk, str(demo_raw)], env=_env(**aws), check=True)
 
         def problems(env) -> list[str]:
             done = subprocess.run([str(BIN / "medpclip"), "validate", "--corpus", "s3://two-nodes/corpus"],
                                   env=env, capture_output=True, text=True)  # fmt: skip
             return [] if done.returncode == 0 else [done.stdout + done.stderr]
 
-        yield "s3://two-nodes/corpus", aws, problems
+        yield "s3://two-nodes/raw", "s3://two-nodes/corpus", aws, problems
 
 
-@pytest.mark.parametrize("output", ["posix", "s3"])
-def test_ray_job_on_a_two_node_cluster(tmp_path, demo_raw, output):
-    with _output(output, tmp_path) as (out, aws, problems):
-        _two_node_build(tmp_path, demo_raw, out, _env(**aws))
+@pytest.mark.parametrize("storage", ["posix", "s3"])
+def test_ray_job_on_a_two_node_cluster(tmp_path, demo_raw, demo_corpus, storage):
+    with _output(storage, tmp_path, demo_raw) as (raw, out, aws, problems):
+        _two_node_build(tmp_path, raw, out, _env(**aws))
         assert problems(_env(**aws)) == []
+        if storage == "s3":
+            # planned on the job driver's skeleton, units staged on both nodes: the bytes of a local build
+            assert (tmp_path / "driver-cache" / "raw-skeleton").is_dir()
+            assert _bucket_hashes(_env(**aws), "two-nodes/corpus") == tree_hashes(demo_corpus.out)
 
 
-def _two_node_build(tmp_path: Path, demo_raw: Path, out: str, env: dict[str, str]) -> None:
+def _bucket_hashes(env: dict[str, str], prefix: str) -> dict[str, str]:
+    script = (
+        "import hashlib, json, s3fs, sys; fs = s3fs.S3FileSystem(); root = sys.argv[1]; "
+        "print(json.dumps({p[len(root) + 1:]: hashlib.sha256(fs.cat(p)).hexdigest() for p in fs.find(root)}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, prefix], env=env, capture_output=True, text=True, check=True
+    )
+    return {k: v for k, v in json.loads(done.stdout).items() if k not in NON_DETERMINISTIC}
+
+
+def _two_node_build(tmp_path: Path, raw: str, out: str, env: dict[str, str]) -> None:
     gcs, dash = free_port(), free_port()
 
     def agent_ports() -> list[str]:
@@ -180,7 +205,7 @@ def _two_node_build(tmp_path: Path, demo_raw: Path, out: str, env: dict[str, str
                             "--spec",
                             ",".join(DEMO_SPECS),
                             "--raw-root",
-                            str(demo_raw),
+                            raw,
                             "--out",
                             str(out),
                             "--max-side",

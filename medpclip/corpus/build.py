@@ -51,7 +51,15 @@ from medpclip.fileio import atomic_write_json, load_json
 from medpclip.qa.report import write_report
 from medpclip.raysession import ray_session
 from medpclip.specs import DatasetSpec
-from medpclip.storage import StorageError, check_location, corpus_path, filesystem, location_str
+from medpclip.storage import (
+    NothingThere,
+    StorageError,
+    check_location,
+    corpus_path,
+    filesystem,
+    is_url,
+    location_str,
+)
 
 _IN_FLIGHT_PER_CPU = 2  # enough that a CPU never waits on the driver for its next unit
 
@@ -99,7 +107,10 @@ def run_units(
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         pending.extend(task.remote(u.to_json()) for u in itertools.islice(queue, 1))
-        stats = json.loads(ray.get(done[0]))
+        try:
+            stats = json.loads(ray.get(done[0]))
+        except StorageError as e:  # a worker could not download its raw files: one line, not a traceback
+            raise BuildError(str(getattr(e, "cause", None) or e)) from None
         if on_unit is not None:
             on_unit(stats)
         yield stats
@@ -136,15 +147,36 @@ def _out_location(out: str | Path):
             raise BuildError(str(err)) from None
         raise BuildError(f"{location_str(path)}: {type(e).__name__}: {e}") from None
     if not found:
+        # s3fs's exists() also says False when the endpoint is unreachable or the credentials are refused
+        try:
+            check_location(corpus_path(f"{path.protocol}://{bucket}"))
+        except NothingThere:
+            pass
+        except StorageError as err:
+            raise BuildError(str(err)) from None
         raise BuildError(
             f"{location_str(path)}: no bucket '{bucket}': create it first (a build never creates buckets)"
         )
     return path
 
 
+def _raw_skeleton(location: str, specs: list[DatasetSpec]) -> tuple[Path, str]:
+    """(the local skeleton to discover on, the raw URL the units read): the URL checked first, so an
+    unreachable endpoint, refused credentials or a missing bucket or prefix is one line."""
+    from medpclip.corpus import raw_staging
+
+    path = corpus_path(location)
+    try:
+        check_location(path)
+        skeleton = raw_staging.materialise(location_str(path), [s.root for s in specs])
+    except StorageError as e:
+        raise BuildError(f"raw root {e}") from None
+    return skeleton.root, location_str(path).rstrip("/")
+
+
 def prepare_build(
     specs: list[DatasetSpec],
-    raw_root: Path,
+    raw_root: Path | str,
     out: Path,
     *,
     max_side: int = 1024,
@@ -153,10 +185,16 @@ def prepare_build(
     shard_max_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> Plan:
     """Check arguments, plan, and make ``out`` ready: temporaries of a killed build removed, markers removed
-    when ``force``. Raises :class:`BuildError` (one line) when nothing can run."""
-    raw_root, out = Path(raw_root).resolve(), _out_location(out)
-    if not raw_root.is_dir():
-        raise BuildError(f"raw root '{raw_root}' is not a directory")
+    when ``force``. Raises :class:`BuildError` (one line) when nothing can run. A raw root in object storage
+    is planned on its local discovery skeleton; its units download their own files (``raw_staging``)."""
+    out = _out_location(out)
+    unit_raw_root = None
+    if is_url(raw_root):
+        raw_root, unit_raw_root = _raw_skeleton(str(raw_root), specs)
+    else:
+        raw_root = corpus_path(raw_root).resolve()
+        if not raw_root.is_dir():
+            raise BuildError(f"raw root '{raw_root}' is not a directory")
     if max_side < 16:
         raise BuildError(f"--max-side must be at least 16, got {max_side}")
     params = BuildParams(
@@ -164,7 +202,7 @@ def prepare_build(
         id_salt=id_salt or os.environ.get("MEDPCLIP_ID_SALT") or BuildParams.id_salt,
         shard_max_bytes=shard_max_bytes,
     )
-    plan = plan_build(specs, raw_root, out, params, load_overrides(out))
+    plan = plan_build(specs, raw_root, out, params, load_overrides(out), unit_raw_root)
     if not plan.units:
         reasons = "; ".join(
             f"{d}: {r['reason']} ({r['detail']})" for d, rows in plan.rejects.items() for r in rows[:1]
@@ -324,7 +362,7 @@ BUILD_EXEMPT = {
 
 def build_corpus(
     specs: list[DatasetSpec],
-    raw_root: Path,
+    raw_root: Path | str,
     out: Path,
     *,
     ray_address: str | None = None,
@@ -336,7 +374,8 @@ def build_corpus(
     on_plan: Callable[[Plan], None] | None = None,
     on_unit: Callable[[dict[str, Any]], None] | None = None,
 ) -> BuildResult:
-    """Build (or resume) a corpus from ``specs`` over ``raw_root`` into ``out``.
+    """Build (or resume) a corpus from ``specs`` over ``raw_root`` into ``out`` (each a folder or an
+    object-storage URL).
 
     Raises :class:`BuildError` when nothing can run. Bad items never raise: they are in ``rejects``.
     """

@@ -157,7 +157,10 @@ def plan_build(
     out: Path,
     params: BuildParams,
     overrides: Overrides | None = None,
+    unit_raw_root: str | None = None,
 ) -> Plan:
+    """Discover under ``raw_root`` and cut units. ``unit_raw_root`` is where the units read their files when
+    that is not ``raw_root`` itself: a raw URL, planned on its local discovery skeleton (``raw_staging``)."""
     code = code_version()
     units: list[WorkUnit] = []
     rejects: dict[str, list[dict[str, Any]]] = {}
@@ -227,7 +230,15 @@ def plan_build(
                 ).encode()
             ).hexdigest()
             unit = WorkUnit(
-                spec.name, n, spec_json, chunk, str(raw_root), str(out), params, fp, base_fingerprint=fp
+                spec.name,
+                n,
+                spec_json,
+                chunk,
+                unit_raw_root or str(raw_root),
+                str(out),
+                params,
+                fp,
+                base_fingerprint=fp,
             )
             units.append(unit)
     plan = Plan(out=out, params=params, units=units, rejects=rejects, specs=specs, notes=notes)

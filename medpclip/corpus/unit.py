@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medpclip.corpus import schema
+from medpclip.corpus import raw_staging, schema
 from medpclip.corpus.plan import Plan, WorkUnit
 from medpclip.corpus.sample import SampleParams, make_sample
 from medpclip.corpus.schema import reject_row
@@ -35,7 +35,7 @@ from medpclip.sources import get_reader
 from medpclip.sources._common import inside_dataset
 from medpclip.sources.base import Reader
 from medpclip.specs import DatasetSpec
-from medpclip.storage import corpus_path
+from medpclip.storage import corpus_path, is_url
 
 log = logging.getLogger("medpclip.build")
 
@@ -101,7 +101,10 @@ def run_unit(unit: WorkUnit) -> dict[str, Any]:
     With ``out`` in object storage the unit is built in a temporary folder on this node's own disk, exactly
     as on POSIX, then its files are uploaded under their final names and its marker last: the marker is what
     every reader trusts (``validate`` reports files no marker lists), so a node killed mid-upload leaves a
-    unit that the next run redoes, never one that looks done. Nodes share nothing but the bucket."""
+    unit that the next run redoes, never one that looks done. Nodes share nothing but the bucket.
+
+    With ``raw_root`` in object storage the unit's ``item.files`` are downloaded into a temporary folder on
+    this node, which is the raw root the readers see, and removed after (``raw_staging.staged``)."""
     out = corpus_path(unit.out)
     if not isinstance(out, Path):
         return _run_unit_staged(unit, out)
@@ -109,6 +112,9 @@ def run_unit(unit: WorkUnit) -> dict[str, Any]:
     done = _finished_marker(marker, unit.fingerprint)
     if done is not None:
         return {**done, "skipped": True}
+    if is_url(unit.raw_root):  # the unit's own raw files, on this node's disk for as long as it runs
+        with raw_staging.staged(unit.raw_root, unit.items) as local_raw:
+            return run_unit(dataclasses.replace(unit, raw_root=str(local_raw)))
 
     started = time.perf_counter()
     remove_unit_outputs(out, unit.dataset, unit.unit)

@@ -2,7 +2,8 @@
 
 The job's driver runs ``medpclip build`` with the same arguments; Ray sets ``RAY_ADDRESS`` for a job, so the
 build runs on the cluster the job was submitted to. Use the venv's absolute python path: job entrypoints run
-with the raylet's PATH.
+with the raylet's PATH. ``--raw-root`` and ``--out`` may be object-storage URLs (``s3://bucket/prefix``): then
+the nodes need no shared disk at all, only the package and the ``AWS_*`` environment.
 """
 
 from __future__ import annotations
