@@ -163,7 +163,7 @@ def main(
     seeds: tuple[int, ...] = (0, 1, 2),
     modes: tuple[str, ...] = MODES,
     jobs: int = 2,
-    batch_size: int = 32,
+    batch_size: int = 16,
     lr: float = 1e-3,
 ) -> dict:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -197,7 +197,7 @@ if __name__ == "__main__":
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     a = ap.parse_args()
     main(

@@ -557,6 +557,7 @@ CONTEXT_LABELS = {
     6: "splenic lesion",
 }
 CONTEXT_DECIDED = ("right kidney", "left kidney", "liver lesion", "splenic lesion")
+LESION_SPREAD = 4.0  # px: a lesion's centre lies within this of its host organ's centre, in each axis
 APPEARANCE_DECIDED = ("liver", "spleen")
 
 
@@ -584,8 +585,10 @@ def context_case_plan(n: int) -> ContextCase:
     # Geometry: every labelled structure keeps a few pixels of plain soft tissue around it, more than a box
     # crop's margin, so a crop shows the region and the same grey rim whatever it is (a kidney near the
     # body wall would show the fat on one side, and the side would give its laterality away).
-    liver_i, spleen_i = (46.0, 90.0) if mirrored else (82.0, 38.0)
-    liver = Blob(1, (near(liver_i, 3), near(84, 3)), (near(22, 2), near(12, 1)), (0, 1), organ_hu, False)
+    # Both organs are centred on the same two spots (one per side), so the lesions they hold, kept near their
+    # host's centre, sit where the other organ's would: a lesion's place in the frame says nothing either.
+    liver_i, spleen_i = (42.0, 86.0) if mirrored else (86.0, 42.0)
+    liver = Blob(1, (near(liver_i, 3), near(84, 3)), (near(19, 1.5), near(12, 1)), (0, 1), organ_hu, False)
     spleen = Blob(2, (near(spleen_i, 3), near(84, 3)), (near(13, 1), near(13, 1)), (0, 1), organ_hu, False)
     kidneys = tuple(
         Blob(label, (near(i, 3), near(52, 2)), (near(7, 0.5), near(9.5, 0.7)), (0, 1), 30.0, False)
@@ -598,14 +601,14 @@ def context_case_plan(n: int) -> ContextCase:
     hosts = {0: (liver,), 1: (spleen,), 2: (liver, spleen)}[int(rng.integers(0, 3))]
     lesions = []
     for host in hosts:
-        r = float(rng.uniform(4.0, 5.5))
+        r = float(rng.uniform(3.5, 4.5))
         # The whole crop window of the lesion (its box grown by the crop margin, one pixel spare) lies inside
         # the host, so a crop shows disc and organ only; the organ's centre always qualifies.
         half = 1.2 * r + 1.5
         centre = host.center
         for _ in range(200):
             u, v = rng.uniform(-1, 1, size=2)
-            c = (host.center[0] + u * host.semi[0], host.center[1] + v * host.semi[1])
+            c = (host.center[0] + u * LESION_SPREAD, host.center[1] + v * LESION_SPREAD)
             corners = [(c[0] + a * half, c[1] + b * half) for a in (-1, 1) for b in (-1, 1)]
             if all(
                 ((x - host.center[0]) / (host.semi[0] - 1)) ** 2

@@ -216,9 +216,16 @@ def test_evaluate_flow_writes_the_metrics_view(evaluated, pretrained, corpus):
     metrics = {(r["task"], r["dataset"]): set() for r in got}
     for r in got:
         metrics[r["task"], r["dataset"]].add(r["metric"])
+    # the summary rows, and per category of the split (its own n) the same top-1 for each prompt kind
+    _, present = query(
+        corpus,
+        "SELECT DISTINCT lower(category) FROM regions WHERE dataset = 'demo_ct' AND split = 'test'",
+    )
+    per_class = {f"{m}:{c}" for m in ("top1", "top1_box", "top1_point") for (c,) in present}
     assert metrics["region_cls", "demo_ct"] == {
-        "top1", "balanced_acc", "top1_box", "top1_point", "top1_shuffled_prompts"
+        "top1", "balanced_acc", "top1_box", "top1_point", "top1_shuffled_prompts", *per_class
     }  # fmt: skip
+    assert {r["region_mode"] for r in got} == {"medpclip"}
     assert all(m == {"r@1", "r@5", "r@10"} for (t, _), m in metrics.items() if t.startswith("retrieval"))
     # every held-out image and region of the split was measured: n as the corpus's own views count them
     n = {(r["task"], r["dataset"], r["metric"]): r["n"] for r in got}
@@ -228,6 +235,10 @@ def test_evaluate_flow_writes_the_metrics_view(evaluated, pretrained, corpus):
     assert {d: n["region_cls", d, "top1"] for d in DATASETS - {"demo_polyp"}} == {
         d: c for d, c in regions if d != "demo_polyp"
     }
+    by_class = sum(
+        v for (t, d, m), v in n.items() if (t, d) == ("region_cls", "demo_ct") and m.startswith("top1:")
+    )
+    assert by_class == n["region_cls", "demo_ct", "top1"]
     # the flow returns exactly the rows it wrote
     key = ("task", "dataset", "metric")
     assert sorted(tuple(r[k] for k in key) for r in summary["rows"]) == [

@@ -163,8 +163,15 @@ def test_demo_context_pairs_look_alike_and_only_context_names_them(tmp_path):
     # a lesion's own pixels and its host's intensity say nothing about the host
     assert abs(np.mean(lesion_hu[5]) - np.mean(lesion_hu[6])) < 2
     assert abs(np.mean(organ_hu[1]) - np.mean(organ_hu[2])) < 2
-    # nor does the side of the body it is on: both lesion kinds occur on both sides
+    # nor does the side of the body it is on: both lesion kinds occur on both sides, at the same spots
     assert {True, False} <= set(host_side[5]) and {True, False} <= set(host_side[6])
+    centres = {5: [], 6: []}
+    for p in plans:
+        for label, (i, j), _ in p.lesions:
+            centres[label].append((abs(i - 64), j))
+    spread = {k: np.array(v) for k, v in centres.items()}
+    assert np.abs(spread[5].mean(axis=0) - spread[6].mean(axis=0)).max() < 1.5
+    assert np.abs(spread[5].std(axis=0) - spread[6].std(axis=0)).max() < 1.5
 
 
 def test_demo_context_crops_show_only_the_region_and_one_plain_rim():
