@@ -67,7 +67,9 @@ def test_crop_windows_are_square_with_margin_and_crops_read_the_right_pixels():
     assert windows[2].tolist() == pytest.approx([0.5, 0.5, 0.15, 0.15])
     tiny = torch.zeros(1, S, S)
     tiny[0, 10, 20] = 1  # one pixel: the smallest window, 1/16 of the image
-    assert crop_windows(tiny, CROP_MARGIN)[0].tolist() == pytest.approx([20.5 / 64, 10.5 / 64, 1 / 16, 1 / 16])
+    assert crop_windows(tiny, CROP_MARGIN)[0].tolist() == pytest.approx(
+        [20.5 / 64, 10.5 / 64, 1 / 16, 1 / 16]
+    )
     empty = crop_windows(torch.zeros(1, S, S), CROP_MARGIN)
     assert empty.tolist() == [[0.5, 0.5, 1.0, 1.0]]  # nothing to crop: the whole image
     # a crop of the top-left quadrant of an image that is 1 there and 0 elsewhere reads ones inside; only
