@@ -24,7 +24,7 @@ from scipy import ndimage
 from medpclip.frame import Frame, ReadError, SourceFile
 from medpclip.regions import extract_regions
 from medpclip.sources.volumes import reader as volumes
-from medpclip.sources.volumes.itk_images import load_itk
+from medpclip.sources.volumes.itk_images import detached_data_file, load_itk
 from medpclip.specs import SpecError, load_spec_file, resolve_spec
 
 SHAPE = (16, 12, 4)
@@ -284,6 +284,16 @@ def test_itk_and_nifti_copies_of_a_case_give_identical_frames(tmp_path, suffix):
             assert np.array_equal(fb.label_map, display(TRUTH, fb.slice_index))
 
 
+def data_files_of(raw: Path, headers: tuple[SourceFile, ...]) -> tuple[SourceFile, ...]:
+    """The ``{role}_data`` files discovery lists after the headers: each detached header's data file."""
+    out = []
+    for f in headers:
+        name = detached_data_file(raw / f.path)
+        if name is not None:
+            out.append(SourceFile(f"{f.role}_data", f"{f.path.rsplit('/', 1)[0]}/{name}"))
+    return tuple(out)
+
+
 def test_raw_files_are_never_images_or_labels(tmp_path):
     d = tmp_path / "D"
     write_itk(d / "img" / "a.mhd", image_of(TRUTH, 0))
@@ -293,8 +303,19 @@ def test_raw_files_are_never_images_or_labels(tmp_path):
     spec = _spec(tmp_path, "img/*", "lab/{stem}.mhd", "tiny_raw")  # the glob sees a.raw and b.zraw too
     items = items_of(spec, tmp_path)
     assert sorted(items) == ["a", "b"]
-    assert items["b"].files == (SourceFile("image", "D/img/b.mhd"), SourceFile("label", "D/lab/b.mhd"))
+    # the data files ride with their headers (hashed into the sources manifest, fetched from object storage)
+    assert items["b"].files == (
+        SourceFile("image", "D/img/b.mhd"),
+        SourceFile("label", "D/lab/b.mhd"),
+        SourceFile("image_data", "D/img/b.zraw"),
+        SourceFile("label_data", "D/lab/b.raw"),
+    )
     assert len(frames_of(spec, tmp_path, items["b"])) == SHAPE[2]
+    # an attached header (.mha) names no data file; LOCAL (data inside) is none either
+    write_itk(d / "img" / "c.mha", image_of(TRUTH, 0))
+    assert detached_data_file(d / "img" / "c.mha") is None
+    (d / "local.mhd").write_text("NDims = 2\nElementDataFile = LOCAL\n")
+    assert detached_data_file(d / "local.mhd") is None
 
 
 @pytest.mark.parametrize("option", ["images", "labels"])
@@ -460,14 +481,15 @@ def test_discovery_finds_the_published_cases(raw, name):
     assert sorted(items) == sorted({**case["read"], **case["rejected"]})
     for cid, (image, annotation) in case["read"].items():
         role = "mask" if name == "sliver07" else "label"
-        assert items[cid].files == (
-            SourceFile("image", f"{spec.root}/{image}"),
-            SourceFile(role, f"{spec.root}/{annotation}"),
-        )
+        headers = (SourceFile("image", f"{spec.root}/{image}"), SourceFile(role, f"{spec.root}/{annotation}"))
+        assert items[cid].files == headers + data_files_of(raw, headers)
         assert items[cid].patient_id == cid
     assert {c: i.official_split for c, i in items.items() if i.official_split} == case["splits"]
+    # a .raw/.zraw is never an image or a label, only the data file of its header
     assert not any(
-        f.path.endswith((".raw", ".zraw")) or "/._" in f.path for i in items.values() for f in i.files
+        (f.path.endswith((".raw", ".zraw")) and not f.role.endswith("_data")) or "/._" in f.path
+        for i in items.values()
+        for f in i.files
     )
     for cid, reason in case["rejected"].items():
         with pytest.raises(ReadError) as e:
@@ -599,6 +621,8 @@ def test_camus_reads_each_labelled_frame_as_one_slice(tmp_path):
     assert item.files == (
         SourceFile("image", "CAMUS_public/database/training/patient0001/patient0001_4CH_ES.mhd"),
         SourceFile("label", "CAMUS_public/database/training/patient0001/patient0001_4CH_ES_gt.mhd"),
+        SourceFile("image_data", "CAMUS_public/database/training/patient0001/patient0001_4CH_ES.raw"),
+        SourceFile("label_data", "CAMUS_public/database/training/patient0001/patient0001_4CH_ES_gt.raw"),
     )
     assert item.patient_id == "patient0001" and item.study_id == "patient0001_4CH"
     (frame,) = frames_of(spec, tmp_path, item)

@@ -344,10 +344,16 @@ def _files(name: str, case: str) -> tuple[SourceFile, ...]:
         "brainptm": f"sheba75_tracts_train/{case}",
     }.get(name, folder)
     paths = [f"{beside}/{a}" for a in annotations]
-    return (
+    headers = (
         SourceFile("image", f"{spec.root}/{folder}/{image}"),
         *(SourceFile(role, f"{spec.root}/{p}") for p in paths),
     )
+    # detached MetaImage headers (LNDb's .mhd) bring their data files, as ``{role}_data``
+    data = []
+    for f in headers:
+        if f.path.endswith(".mhd"):
+            data.append(SourceFile(f"{f.role}_data", f.path[: -len(".mhd")] + ".raw"))
+    return headers + tuple(data)
 
 
 def test_the_specs_are_complete_and_their_labels_have_concepts():
@@ -375,7 +381,7 @@ def test_discovery_finds_the_published_cases_and_nothing_else(raw, name):
     for cid in case["read"]:
         assert items[cid].files == _files(name, cid), cid
         assert items[cid].patient_id == cid and items[cid].official_split is None
-    paths = [f.path for i in items.values() for f in i.files]
+    paths = [f.path for i in items.values() for f in i.files if not f.role.endswith("_data")]
     assert not any(p.endswith((".raw", ".zraw", ".png", ".txt", ".md", ".csv")) or "/._" in p for p in paths)
     assert not any("_MR_T1" in p or "/KiTS/" in p or "/Rider/" in p or "/docs/" in p for p in paths)
     assert not any("Diffusion" in p or "brain_mask" in p or "_test/" in p for p in paths)

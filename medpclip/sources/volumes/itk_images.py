@@ -39,6 +39,28 @@ def is_data_file(name: str) -> bool:
     return name.lower().endswith(DATA_SUFFIXES)
 
 
+def detached_data_file(header: Path) -> str | None:
+    """The data file a detached header names (MetaImage ``ElementDataFile = x.raw``, NRRD ``data file: x.raw``),
+    relative to the header's folder; None for an attached header, ``LOCAL``, a file list or pattern, or a
+    header that cannot be read as text (the reader then says what is wrong). Discovery lists it beside the
+    header, so that it is hashed into the sources manifest and fetched with the case from object storage."""
+    if not header.name.lower().endswith(_DETACHED):
+        return None
+    try:
+        text = header.read_bytes()[:65536].decode("latin-1")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition("=" if header.name.lower().endswith(".mhd") else ":")
+        key = key.strip().lower()
+        if sep and key in ("elementdatafile", "data file", "datafile"):
+            name = value.strip()
+            if not name or name.upper() in ("LOCAL", "LIST") or " " in name or "%" in name:
+                return None
+            return name
+    return None
+
+
 def load_itk(path: Path, rel: str) -> nib.Nifti1Image:
     """The image at ``path`` (``rel``: its name in messages) with voxels ``(x, y, z[, c])`` and its RAS
     affine; voxels are read when first used."""

@@ -143,7 +143,7 @@ from medpclip.sources._common import (
     strip_dot,
     table_rows,
 )
-from medpclip.sources.volumes.itk_images import is_data_file, is_itk, load_itk
+from medpclip.sources.volumes.itk_images import detached_data_file, is_data_file, is_itk, load_itk
 from medpclip.sources.volumes.options import (
     IMAGE_SUFFIXES,
     PLACEHOLDER_RE,
@@ -237,6 +237,7 @@ def discover(spec: DatasetSpec, root: Path) -> Generator[SourceItem, None, list[
             else:
                 c.meta["modality"] = modality
         files = [SourceFile(role, raw_path(spec, rel)) for role, rel in c.files]
+        files += _detached_data_files(spec, root, c.files)
         for case, meta, error, case_study in _frame_cases(opts, c, study):
             items.append(
                 make_item(
@@ -422,6 +423,20 @@ def _channel_by_name(index: dict, name: str, index_name: str) -> int:
 
 
 # --- pairs: one case per image file ---
+
+
+def _detached_data_files(spec: DatasetSpec, root: Path, files: list[tuple[str, str]]) -> list[SourceFile]:
+    """The ``.raw``/``.zraw`` data files of a case's detached MetaImage/NRRD headers that exist, as
+    ``{role}_data`` files of the item (a missing one is left for the reader to report, as before)."""
+    out = []
+    for role, rel in files:
+        name = detached_data_file(root / rel)
+        if name is None:
+            continue
+        data = (PurePosixPath(rel).parent / name).as_posix()
+        if (root / data).is_file():
+            out.append(SourceFile(f"{role}_data", raw_path(spec, data)))
+    return out
 
 
 def _pair_cases(spec: DatasetSpec, root: Path, opts: PairVolumes) -> list[_Case]:
