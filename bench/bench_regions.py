@@ -6,14 +6,15 @@ liver vs spleen) with the same data, steps, losses and seed, then evaluates each
 (val + test) with the standard zero-shot evaluator: region top-1 per class with mask, box and point prompts,
 the shuffled-prompt control, and the image-level metrics (does prompting hurt the global embedding?).
 
-The groups: **context** = right/left kidney and liver/splenic lesion (the region's own pixels are drawn
-from one distribution in each pair; chance within a pair is 0.5), **appearance** = liver and spleen (their
-own shape tells them apart). A group's score is the mean of its classes' top-1 over all six classes.
+The groups: **laterality** = right/left kidney and **host organ** = liver/splenic lesion, the context-decided
+pairs (the region's own pixels are drawn from one distribution in each pair; a model that tells the pair from
+the rest but not apart scores 0.5), and **appearance** = liver and spleen (their own shape tells them apart).
+A group's score is the mean of its classes' top-1 over all six classes.
 
 Every run uses ``train_local`` (the same loop as Ray Train's workers, in one process: no Ray start-up per
 run); runs go ``--jobs`` at a time, one CPU thread each. Results: bench/results/regions.json and the table
-printed at the end (copied into docs/BENCHMARKS.md). About 25 minutes on the 2-core machine with the
-defaults (4 modes × 3 seeds × 400 steps).
+printed at the end (copied into docs/BENCHMARKS.md; ``--table`` prints it again from the saved results).
+About 35 minutes on the 2-core machine with the defaults (4 modes × 3 seeds × 400 steps), 4–7 minutes a run.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ from bench.common import save_result
 
 DATA = Path(__file__).parent / "data" / "regions"
 MODES = ("medpclip", "crop", "mask-input", "alpha")
-CONTEXT = ("right kidney", "left kidney", "liver lesion", "splenic lesion")
-APPEARANCE = ("liver", "spleen")
+LATERALITY = ("right kidney", "left kidney")  # context: only the side of the body names them
+HOST = ("liver lesion", "splenic lesion")  # context: only the organ around the lesion names it
+CONTEXT = (*LATERALITY, *HOST)
+APPEARANCE = ("liver", "spleen")  # their own shape and size
+GROUPS = {"laterality": LATERALITY, "host": HOST, "context": CONTEXT, "appearance": APPEARANCE}
 PROMPTS = {"mask": "top1", "box": "top1_box", "point": "top1_point"}
 
 
@@ -99,8 +103,8 @@ def run_one(mode: str, seed: int, steps: int, batch_size: int, lr: float, corpus
         },
     }
     for kind, prefix in PROMPTS.items():
-        row[f"context_{kind}"] = group(prefix, CONTEXT)
-        row[f"appearance_{kind}"] = group(prefix, APPEARANCE)
+        for name, classes in GROUPS.items():
+            row[f"{name}_{kind}"] = group(prefix, classes)
     for task, metric in (("image_cls", "auc"), ("retrieval_i2t", "r@1"), ("retrieval_r2t", "r@1")):
         hit = [r for r in ev.rows if (r.task, r.metric) == (task, metric)]
         row[f"{task}_{metric}"] = hit[0].value if hit else None
@@ -109,8 +113,12 @@ def run_one(mode: str, seed: int, steps: int, batch_size: int, lr: float, corpus
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Per mode: median and min–max over seeds of every figure of the table."""
+    for r in rows:  # group scores from the per-class figures (also for results saved before a group existed)
+        for kind, prefix in PROMPTS.items():
+            for name, classes in GROUPS.items():
+                r[f"{name}_{kind}"] = statistics.fmean(r["per_class"][prefix][c] for c in classes)
     keys = [
-        *(f"{g}_{k}" for k in PROMPTS for g in ("context", "appearance")),
+        *(f"{g}_{k}" for k in PROMPTS for g in GROUPS),
         "region_top1",
         "shuffled_top1",
         "image_cls_auc",
@@ -134,13 +142,15 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def table(summary: list[dict]) -> str:
     cols = [
-        ("context (mask)", "context_mask"),
-        ("context (box)", "context_box"),
-        ("context (point)", "context_point"),
+        ("laterality (mask)", "laterality_mask"),
+        ("laterality (box)", "laterality_box"),
+        ("laterality (point)", "laterality_point"),
+        ("host organ (mask)", "host_mask"),
+        ("host organ (box)", "host_box"),
         ("appearance (mask)", "appearance_mask"),
         ("appearance (box)", "appearance_box"),
         ("appearance (point)", "appearance_point"),
-        ("all, mask", "region_top1"),
+        ("all six, mask", "region_top1"),
         ("shuffled prompts", "shuffled_top1"),
         ("image AUC", "image_cls_auc"),
         ("image→caption R@1", "retrieval_i2t_r@1"),
@@ -191,8 +201,17 @@ def main(
     return result
 
 
+def print_saved() -> None:
+    """The table of the last saved run (bench/results/regions.json), without training anything."""
+    from bench.common import RESULTS
+
+    result = json.loads((RESULTS / "regions.json").read_text())
+    print(table(summarise(result["runs"])))
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", action="store_true", help="print the saved results' table and stop")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--modes", default=",".join(MODES))
@@ -200,6 +219,9 @@ if __name__ == "__main__":
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     a = ap.parse_args()
+    if a.table:
+        print_saved()
+        raise SystemExit(0)
     main(
         a.steps,
         tuple(int(s) for s in a.seeds.split(",")),
