@@ -66,6 +66,41 @@ def frames_of(spec: DatasetSpec, raw: Path, item: SourceItem) -> list[Frame]:
     return list(get_reader(spec.format.family).read(spec, raw, as_from_json(item)))
 
 
+def regions_of(spec: DatasetSpec | None, frame: Frame, min_area_px: int | None = None) -> list:
+    """The regions the harmoniser cuts from a frame's label map and masks (the spec's minimum area unless
+    ``min_area_px``), asserting that none was dropped."""
+    import numpy as np
+
+    from medpclip.regions import extract_regions, min_area
+
+    if min_area_px is None:
+        assert spec is not None
+        min_area_px = min_area(
+            frame.shape[0], frame.shape[1], spec.regions.min_fraction, spec.regions.min_pixels
+        )
+    regions, drops = extract_regions(
+        frame.shape,
+        label_map=frame.label_map,
+        label_values=frame.label_values,
+        masks=frame.masks,
+        min_area_px=min_area_px,
+        rng_for=lambda _: np.random.default_rng(0),
+    )
+    assert drops == []
+    return regions
+
+
+def rejected(spec: DatasetSpec, raw: Path, item: SourceItem):
+    """The ReadError reading ``item`` raises (the test fails if it reads)."""
+    import pytest
+
+    from medpclip.frame import ReadError
+
+    with pytest.raises(ReadError) as e:
+        frames_of(spec, raw, item)
+    return e.value
+
+
 TS_WHEELS = Path(__file__).resolve().parents[1] / ".cache" / "wheels"  # `make setup` downloads it there
 
 

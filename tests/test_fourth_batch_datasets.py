@@ -16,14 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus_utils import discovery_notes, frames_of, items_of
+from corpus_utils import discovery_notes, frames_of, items_of, regions_of, rejected
 from layouts import junk, save_image
 from layouts import save_nifti as save
-from test_third_session_volumes import cell_box, cells, ct_image, display, mr_image, regions_of, save_mha
+from test_third_session_volumes import cell_box, cells, ct_image, display, mr_image, save_mha
 
 from medpclip.census import census
 from medpclip.frame import ReadError, SourceFile
-from medpclip.regions import extract_regions
 from medpclip.specs import SpecError, parse_spec, resolve_spec
 from medpclip.text.kb import concept_for_label, load_kb
 
@@ -181,22 +180,7 @@ def raw(tmp_path_factory) -> Path:
 
 
 def regions_2d(frame) -> list:
-    regions, drops = extract_regions(
-        frame.shape,
-        label_map=frame.label_map,
-        label_values=frame.label_values,
-        masks=frame.masks,
-        min_area_px=16,
-        rng_for=lambda _: np.random.default_rng(0),
-    )
-    assert drops == []
-    return regions
-
-
-def rejected(spec, raw: Path, item) -> ReadError:
-    with pytest.raises(ReadError) as e:
-        frames_of(spec, raw, item)
-    return e.value
+    return regions_of(None, frame, min_area_px=16)
 
 
 def counts(regions) -> dict[str, int]:

@@ -19,14 +19,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from corpus_utils import frames_of, items_of
+from corpus_utils import frames_of, items_of, regions_of
 from layouts import junk
 from layouts import save_nifti as save
 
 from medpclip.census import census
 from medpclip.corpus.split import assign_split
 from medpclip.frame import ReadError, SourceFile
-from medpclip.regions import extract_regions, min_area
 from medpclip.specs import resolve_spec
 from medpclip.text.kb import concept_for_label, load_kb
 
@@ -373,16 +372,7 @@ def raw(tmp_path_factory) -> Path:
 
 
 def regions_by_label(spec, frame) -> Counter:
-    minimum = min_area(frame.shape[0], frame.shape[1], spec.regions.min_fraction, spec.regions.min_pixels)
-    regions, drops = extract_regions(
-        frame.shape,
-        label_map=frame.label_map,
-        label_values=frame.label_values,
-        min_area_px=minimum,
-        rng_for=lambda _: np.random.default_rng(0),
-    )
-    assert drops == []
-    return Counter(r.label for r in regions)
+    return Counter(r.label for r in regions_of(spec, frame))
 
 
 def rejected(spec, raw: Path, item) -> ReadError:

@@ -23,14 +23,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from corpus_utils import frames_of, items_of
+from corpus_utils import frames_of, items_of, regions_of, rejected
 from layouts import junk
 from layouts import save_nifti as save
 
 from medpclip.census import census
 from medpclip.corpus.split import assign_split
 from medpclip.frame import ReadError, SourceFile
-from medpclip.regions import extract_regions, min_area
 from medpclip.specs import SpecError, parse_spec, resolve_spec
 from medpclip.text.kb import concept_for_label, load_kb
 
@@ -454,26 +453,6 @@ def raw(tmp_path_factory) -> Path:
     for write in WRITERS:
         write(root)
     return root
-
-
-def regions_of(spec, frame) -> list:
-    minimum = min_area(frame.shape[0], frame.shape[1], spec.regions.min_fraction, spec.regions.min_pixels)
-    regions, drops = extract_regions(
-        frame.shape,
-        label_map=frame.label_map,
-        label_values=frame.label_values,
-        masks=frame.masks,
-        min_area_px=minimum,
-        rng_for=lambda _: np.random.default_rng(0),
-    )
-    assert drops == []
-    return regions
-
-
-def rejected(spec, raw: Path, item) -> ReadError:
-    with pytest.raises(ReadError) as e:
-        frames_of(spec, raw, item)
-    return e.value
 
 
 # --- specs ---------------------------------------------------------------------------------------------------
