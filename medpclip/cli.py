@@ -701,13 +701,13 @@ def demo_data(
 ) -> None:
     """Write the small demo datasets in their publishers' layouts (deterministic)."""
     _check_out_dir(directory, "DIRECTORY")
-    from medpclip.demo import DEFAULT_DEMOS, DEMO_FOLDERS, write_demo_data
+    from medpclip.demo import DEFAULT_DEMOS, write_demo_data
 
     names = [n.strip() for n in (dataset or ",".join(DEFAULT_DEMOS)).split(",") if n.strip()]
-    unknown = [n for n in names if n not in DEMO_FOLDERS]
-    if unknown or not names:
-        _fail(f"--dataset: unknown demo dataset '{(unknown or [''])[0]}': use {', '.join(DEMO_FOLDERS)}")
-    written = write_demo_data(directory, names)
+    try:
+        written = write_demo_data(directory, names or [""])
+    except ValueError as e:
+        _fail(f"--dataset: {e}")
     for name, path in written.items():
         console.print(f"{name:12s} {path}", highlight=False)
 

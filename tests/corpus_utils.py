@@ -61,6 +61,23 @@ def discovery_notes(spec: DatasetSpec, raw: Path) -> list[DiscoveryNote]:
             return list(stop.value or ())
 
 
+def bucket_hashes(env: dict[str, str], prefix: str) -> dict[str, str]:
+    """sha256 of every object under ``prefix`` (bucket/key) by key relative to it, as ``tree_hashes`` gives
+    for a folder (its non-deterministic files left out). Read in a subprocess with ``env``'s credentials and
+    endpoint, so the test process's own environment never points at the test's S3 server."""
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib, json, s3fs, sys; fs = s3fs.S3FileSystem(); root = sys.argv[1]; "
+        "print(json.dumps({p[len(root) + 1:]: hashlib.sha256(fs.cat(p)).hexdigest() for p in fs.find(root)}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, prefix], env=env, capture_output=True, text=True, check=True
+    )
+    return {k: v for k, v in json.loads(done.stdout).items() if k not in NON_DETERMINISTIC}
+
+
 def frames_of(spec: DatasetSpec, raw: Path, item: SourceItem) -> list[Frame]:
     """All frames of an item, read as a worker would (after the JSON round trip)."""
     return list(get_reader(spec.format.family).read(spec, raw, as_from_json(item)))

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from corpus_utils import NON_DETERMINISTIC, tree_hashes
+from corpus_utils import bucket_hashes, tree_hashes
 from procs import free_port, http_ok, running, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,18 +74,6 @@ def s3(tmp_path_factory):
                "base": base}  # fmt: skip
 
 
-def _objects(env, prefix: str) -> dict[str, str]:
-    """sha256 of every object under ``prefix`` (bucket/key), by key relative to it, the report page excepted."""
-    script = (
-        "import hashlib, json, s3fs, sys; fs = s3fs.S3FileSystem(); root = sys.argv[1]; "
-        "print(json.dumps({p[len(root) + 1:]: hashlib.sha256(fs.cat(p)).hexdigest() for p in fs.find(root)}))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, prefix], env=env, capture_output=True, text=True, check=True
-    )
-    return {k: v for k, v in json.loads(done.stdout).items() if k not in NON_DETERMINISTIC}
-
-
 BUILD = ["build", "--spec", "demo_ct,demo_polyp", "--max-side", "128", "--num-cpus", "1"]
 
 
@@ -94,7 +82,7 @@ def test_build_to_s3_holds_the_bytes_of_a_posix_build(s3):
         s3["env"], *BUILD, "--raw-root", str(s3["base"] / "raw"), "--out", "s3://medpclip-corpora/built"
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert _objects(s3["env"], "medpclip-corpora/built") == tree_hashes(s3["local"])
+    assert bucket_hashes(s3["env"], "medpclip-corpora/built") == tree_hashes(s3["local"])
     again = _cli(
         s3["env"], *BUILD, "--raw-root", str(s3["base"] / "raw"), "--out", "s3://medpclip-corpora/built"
     )
@@ -110,11 +98,11 @@ def test_build_to_s3_killed_mid_upload_resumes_to_the_same_bytes(s3, tmp_path):
     }
     killed = _cli(env, *BUILD, "--raw-root", str(s3["base"] / "raw"), "--out", url)
     assert killed.returncode != 0 and (tmp_path / "fired").exists()
-    partial = _objects(s3["env"], prefix)
+    partial = bucket_hashes(s3["env"], prefix)
     assert partial and not any(k.startswith("manifests/units/") for k in partial)  # nothing looks done
     resumed = _cli(s3["env"], *BUILD, "--raw-root", str(s3["base"] / "raw"), "--out", url)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert _objects(s3["env"], prefix) == tree_hashes(s3["local"])
+    assert bucket_hashes(s3["env"], prefix) == tree_hashes(s3["local"])
 
 
 def test_train_and_eval_read_the_corpus_from_s3(s3, tmp_path):
@@ -261,7 +249,7 @@ def test_build_from_raw_on_s3_holds_the_bytes_of_a_posix_build(s3, raw_s3, tmp_p
     sparse = raw_s3 | {"MEDPCLIP_CACHE": str(tmp_path / "cache"), "MEDPCLIP_RAW_WHOLE_BYTES": "0"}
     done = _cli(sparse, *BUILD, "--raw-root", RAW_URL, "--out", "s3://medpclip-corpora/from-raw")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert _objects(s3["env"], "medpclip-corpora/from-raw") == tree_hashes(s3["local"])
+    assert bucket_hashes(s3["env"], "medpclip-corpora/from-raw") == tree_hashes(s3["local"])
     again = _cli(sparse, *BUILD, "--raw-root", RAW_URL, "--out", "s3://medpclip-corpora/from-raw")
     assert again.returncode == 0 and "0 units built" in again.stdout and "4 kept" in again.stdout
 
@@ -282,7 +270,9 @@ def test_raw_on_s3_killed_mid_unit_resumes_to_the_same_bytes(s3, raw_s3, tmp_pat
     resumed = _cli(raw_s3, *BUILD, "--raw-root", RAW_URL, "--out", out)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     got = (
-        _objects(s3["env"], out.removeprefix("s3://")) if out.startswith("s3://") else tree_hashes(Path(out))
+        bucket_hashes(s3["env"], out.removeprefix("s3://"))
+        if out.startswith("s3://")
+        else tree_hashes(Path(out))
     )
     assert got == tree_hashes(s3["local"])
     # the killed worker's staging folder went with the next unit staged on the node (it names a dead pid)
@@ -315,7 +305,7 @@ def test_bad_raw_locations_are_one_line(s3, raw_s3, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
         assert SECRET not in done.stderr + done.stdout
     assert not (tmp_path / "never").exists()  # nothing written before the raw root was known to be readable
-    assert "never/" not in json.dumps(_objects(s3["env"], "medpclip-corpora"))
+    assert "never/" not in json.dumps(bucket_hashes(s3["env"], "medpclip-corpora"))
 
 
 @pytest.fixture

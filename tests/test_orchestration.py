@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from corpus_utils import DEMO_SPECS, NON_DETERMINISTIC, tree_hashes
+from corpus_utils import DEMO_SPECS, bucket_hashes, tree_hashes
 from procs import free_port, http_ok, running, stop, wait_until
 
 from medpclip.corpus.build import build_corpus
@@ -136,18 +136,7 @@ def test_ray_job_on_a_two_node_cluster(tmp_path, demo_raw, demo_corpus, storage)
         if storage == "s3":
             # planned on the job driver's skeleton, units staged on both nodes: the bytes of a local build
             assert (tmp_path / "driver-cache" / "raw-skeleton").is_dir()
-            assert _bucket_hashes(_env(**aws), "two-nodes/corpus") == tree_hashes(demo_corpus.out)
-
-
-def _bucket_hashes(env: dict[str, str], prefix: str) -> dict[str, str]:
-    script = (
-        "import hashlib, json, s3fs, sys; fs = s3fs.S3FileSystem(); root = sys.argv[1]; "
-        "print(json.dumps({p[len(root) + 1:]: hashlib.sha256(fs.cat(p)).hexdigest() for p in fs.find(root)}))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, prefix], env=env, capture_output=True, text=True, check=True
-    )
-    return {k: v for k, v in json.loads(done.stdout).items() if k not in NON_DETERMINISTIC}
+            assert bucket_hashes(_env(**aws), "two-nodes/corpus") == tree_hashes(demo_corpus.out)
 
 
 def _two_node_build(tmp_path: Path, raw: str, out: str, env: dict[str, str]) -> None:

@@ -198,6 +198,11 @@ def latest_checkpoint(path: Path) -> Path | None:
     return None
 
 
+def stored_model(meta: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``meta["model"]``; checkpoints from before region modes are ``medpclip``."""
+    return {"region_mode": "medpclip", **meta["model"]}
+
+
 def load_checkpoint(
     path: Path, device: str | torch.device = "cpu", region_mode: str | None = None
 ) -> tuple[MedPCLIP, Any, dict]:
@@ -208,7 +213,7 @@ def load_checkpoint(
     if ckpt is None:
         raise TrainError(f"no checkpoint in '{path}'")
     meta = json.loads((ckpt / "meta.json").read_text(encoding="utf-8"))
-    stored = meta["model"].get("region_mode", "medpclip")  # checkpoints before region modes: medpclip
+    stored = stored_model(meta)["region_mode"]
     if region_mode is not None and region_mode != stored:
         raise TrainError(
             f"checkpoint '{ckpt}' was trained with --region-mode {stored}; it cannot be loaded as "
@@ -545,7 +550,7 @@ def _check_resume(cfg: TrainConfig, existing: Path | None, resume: bool) -> None
         )
     meta = json.loads((existing / "meta.json").read_text(encoding="utf-8"))
     want = cfg.backbone_config().to_dict() | {"image_size": cfg.data_config().image_size}
-    stored = {"region_mode": "medpclip", **meta["model"]}  # runs from before region modes: medpclip
+    stored = stored_model(meta)
     for key in ("name", "image_size", "prompt_layer", "region_mode"):
         if stored.get(key) != want.get(key):
             raise TrainError(
