@@ -66,7 +66,14 @@ $(MEDSPACY_VENV)/bin/python:
 	$(PYTHON) -m venv $(MEDSPACY_VENV)
 	$(MEDSPACY_VENV)/bin/pip install -qq medspacy==1.3.1 spacy==3.7.5
 
-bench: setup $(MEDSPACY_VENV)/bin/python
+# MedSAM's pre_CT_MR.py, the peer of bench/bench_peer.py, in a venv of its own (its own numpy); its code is
+# not in this repository (bench/bench_peer.py says how to fetch the exact commit). Bench-only.
+MEDSAM_VENV := .cache/medsam-venv
+$(MEDSAM_VENV)/bin/python:
+	$(PYTHON) -m venv $(MEDSAM_VENV)
+	$(MEDSAM_VENV)/bin/pip install -qq SimpleITK==2.5.7 connected-components-3d==4.1.1 tqdm==4.70.1 numpy==2.4.6
+
+bench: setup $(MEDSPACY_VENV)/bin/python $(MEDSAM_VENV)/bin/python
 	$(PY) -m bench.run_all
 
 lint: setup

@@ -4,8 +4,9 @@ Data: ``bench/volumes.py`` cases (512×512×100 int16 HU, 13 BTCV organ labels, 
 one case per work unit. Three ways over the same cases, in one process (one core), interleaved round by
 round so that machine noise hits them alike:
 
-- ``floor``: what any slicer must do and nothing more: read the image and label volumes (nibabel), put them
-  in display orientation, window each axial slice to uint8 and PNG-encode it (the build's encoder and level).
+- ``floor``: what any slicer must do and nothing more: read the image and label volumes (nibabel, gzip
+  through zlib-ng as the build reads it), put them in display orientation, window each axial slice to uint8
+  and PNG-encode it (the build's encoder and level).
 - ``medpclip``: the build's own unit function (``corpus.unit.run_unit``, what each Ray task runs) on every
   unit: read, window, resize, regions (instances, COCO RLE, box, points), concept + texts, record, PNG, JSON,
   dHash and pixel hash, tar shards, four Parquet manifests, the marker; then the build's finish step
@@ -33,7 +34,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
@@ -44,6 +44,7 @@ from medpclip.corpus.build import finish_build, prepare_build
 from medpclip.corpus.encoding import encode_png
 from medpclip.corpus.sample import SampleParams
 from medpclip.corpus.unit import run_unit
+from medpclip.sources.volumes.nifti_files import load_nifti
 from medpclip.specs import load_spec_file
 
 DATA = Path(__file__).parent / "data" / "build"
@@ -58,7 +59,7 @@ def _cases(raw_root: Path) -> list[tuple[Path, Path]]:
 
 
 def _canonical(path: Path) -> np.ndarray:
-    img = nib.load(path)
+    img = load_nifti(path)
     data, _ = imaging.reorient_canonical(np.asanyarray(img.dataobj), img.affine)
     return data
 

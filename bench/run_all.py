@@ -7,6 +7,7 @@ from bench import (
     bench_harmonize,
     bench_loader,
     bench_object_storage,
+    bench_peer,
     bench_reports,
     bench_scaling,
     bench_storage,
@@ -18,6 +19,7 @@ from bench import (
 if __name__ == "__main__":
     bench_harmonize.main()
     bench_build.main()
+    bench_peer.main()
     bench_scaling.main()
     bench_loader.main()
     bench_loader.main(rounds=3, corpus="ct")

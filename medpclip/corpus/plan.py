@@ -20,6 +20,7 @@ from typing import Any
 
 from medpclip import __version__
 from medpclip.corpus import schema
+from medpclip.corpus.encoding import codec_versions
 from medpclip.corpus.sample import SampleParams
 from medpclip.corpus.schema import reject_row
 from medpclip.corpus.shards import DEFAULT_SHARD_BYTES
@@ -116,8 +117,10 @@ class Plan:
 
 
 def code_version() -> str:
-    """Hash of the code that decides output bytes (so a code change rebuilds, a docs change does not)."""
+    """Hash of the code that decides output bytes (so a code change rebuilds, a docs change does not), and
+    of the codec libraries' versions (a new zlib-ng deflates to other bytes)."""
     h = hashlib.sha256(__version__.encode())
+    h.update(codec_versions().encode())
     for name in _OUTPUT_CODE:
         p = PACKAGE_DIR / name
         # Code and the data shipped with it (the concept KB decides CUIs and texts).

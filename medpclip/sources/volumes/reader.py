@@ -123,6 +123,7 @@ from pathlib import Path, PurePosixPath
 
 import nibabel as nib
 import numpy as np
+from zlib_ng.zlib_ng import error as gzip_ng_error
 
 from medpclip.frame import DiscoveryNote, Frame, ReadError, SourceFile, SourceItem
 from medpclip.imaging import display_slice, iter_slices, reorient_canonical
@@ -144,6 +145,7 @@ from medpclip.sources._common import (
     table_rows,
 )
 from medpclip.sources.volumes.itk_images import detached_data_file, is_data_file, is_itk, load_itk
+from medpclip.sources.volumes.nifti_files import load_nifti
 from medpclip.sources.volumes.options import (
     IMAGE_SUFFIXES,
     PLACEHOLDER_RE,
@@ -839,8 +841,15 @@ def _load(raw_root: Path, rel: str) -> nib.spatialimages.SpatialImage:
     if is_itk(rel) or is_data_file(rel):  # MetaImage / NRRD: SimpleITK, as a NIfTI image in RAS
         return load_itk(path, rel)
     try:
-        return nib.load(path)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as e:
+        return load_nifti(path)
+    except (
+        nib.filebasedimages.ImageFileError,
+        OSError,
+        EOFError,
+        ValueError,
+        zlib.error,
+        gzip_ng_error,
+    ) as e:
         raise ReadError("unreadable_image", f"{rel}: {type(e).__name__}: {e}") from None
     except nib.spatialimages.HeaderDataError as e:  # a header nibabel cannot make sense of
         raise ReadError("unreadable_image", f"{rel}: corrupt header: {e}") from None
@@ -851,7 +860,13 @@ def _voxels(img: nib.spatialimages.SpatialImage, rel: str, channel: int | None =
     try:
         proxy = img.dataobj if channel is None else img.dataobj[..., channel]
         data = np.asanyarray(proxy)
-    except (OSError, EOFError, ValueError, zlib.error) as e:  # truncated or corrupt data after the header
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        zlib.error,
+        gzip_ng_error,
+    ) as e:  # truncated/corrupt data after the header
         raise ReadError("unreadable_image", f"{rel}: {type(e).__name__}: {e}") from None
     if not data.dtype.isnative:
         data = data.astype(data.dtype.newbyteorder("="))
