@@ -204,6 +204,10 @@ def test_build_with_nothing_to_do_fails_with_one_line(tmp_path):
         app, ["build", "--spec", "demo_ct", "--raw-root", str(tmp_path), "--out", str(tmp_path / "o")]
     )
     assert res.exit_code == 1 and "missing_root" in res.output
+    # the driver plans while Ray starts (corpus.build): a plan that fails stops the Ray it started
+    import ray
+
+    assert not ray.is_initialized()
     res = runner.invoke(
         app, ["build", "--spec", "nope", "--raw-root", str(tmp_path), "--out", str(tmp_path / "o")]
     )

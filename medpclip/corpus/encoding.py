@@ -15,10 +15,11 @@ lossless PNG: their 8 bits are a window of the scanner's values, and JPEG's bloc
 PNG is written here rather than by Pillow, for speed: Pillow's encoder (libpng-style adaptive filtering over
 classic zlib) was 45 % of a CT unit's time. ``encode_png`` filters each row with the cheapest of PNG's None,
 Sub and Up filters (by libpng's minimum-sum-of-absolute-differences rule, vectorised over the whole image) and
-deflates with zlib-ng: 2.4x faster than Pillow at level 6 on 512² CT slices with the same bytes (88 KB), 3-8x
-on real radiographs and MR for 4-10 % more bytes (docs/BENCHMARKS.md §12). The pixels are the same; any PNG
-decoder reads them. zlib-ng's output depends on its version (pinned, and part of ``codec_versions``, hence of
-every unit's fingerprint) and, since zlib-ng 2.2, not on the CPU's instruction set.
+deflates with zlib-ng at the build's level (``SampleParams.png_compress_level``, 2): on 512² CT slices 3x
+faster than Pillow at level 6 for 1 % more bytes, on 1024² radiographs 7x faster for 11 % more
+(docs/BENCHMARKS.md §12). The pixels are the same; any PNG decoder reads them. zlib-ng's output depends on
+its version (pinned, and part of ``codec_versions``, hence of every unit's fingerprint) and, since zlib-ng 2.2,
+not on the CPU's instruction set.
 
 The tar member is ``KEY.jpg`` or ``KEY.png``; webdataset, open_clip (``jpg;png``) and HF ``datasets`` read
 either by extension.
@@ -76,7 +77,8 @@ def png_filtered_rows(img: np.ndarray) -> np.ndarray:
     up[1:] = x[:-1]
     candidates = (x, x - left, x - up)  # uint8 arithmetic wraps modulo 256, as PNG's filters do
     # |byte as int8| is min(v, 256 - v); summed per row, the first minimum wins (None before Sub before Up)
-    scores = np.stack([np.minimum(f, 0 - f).sum(axis=1, dtype=np.int64) for f in candidates])
+    # uint32 holds a row sum (at most 128 per byte) and sums twice as fast as int64
+    scores = np.stack([np.minimum(f, 0 - f).sum(axis=1, dtype=np.uint32) for f in candidates])
     best = np.argmin(scores, axis=0).astype(np.uint8)
     rows = np.empty((h, x.shape[1] + 1), np.uint8)
     rows[:, 0] = best

@@ -30,7 +30,7 @@ class SampleParams:
     id_salt: str = "medpclip-ids-v1"
     n_pos: int = 3
     n_neg: int = 2
-    png_compress_level: int = 6
+    png_compress_level: int = 2  # zlib-ng: +1 % bytes against level 6, 23-28 % less deflate time
 
 
 @dataclass

@@ -151,7 +151,7 @@ class Reader(Protocol):
 
     family: str
     options: Any  # a ReaderOptions model, or a union of them tagged by ``layout`` (``layout_union``)
-    unit_items: int  # cases per work unit by default: a few volumes or a few thousand 2D images
+    unit_items: int  # cases per work unit by default: a few volumes or a few hundred 2D images
 
     def discover(self, spec: DatasetSpec, root: Path) -> Iterator[SourceItem]: ...
 

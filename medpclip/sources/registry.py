@@ -34,7 +34,7 @@ class Family:
 
     family: str
     options: Any  # a ReaderOptions model or a layout union of them (sources/base.layout_union)
-    unit_items: int  # a few volumes or series (hundreds of slices each) or a few thousand 2D images
+    unit_items: int  # a few volumes or series (hundreds of slices each) or a few hundred 2D images
     reader: str
     discovery: str
 
@@ -55,11 +55,11 @@ FAMILIES: dict[str, Family] = {
     f.family: f
     for f in (
         _family("volumes", VolumeOptions, 4),
-        _family("raster", RasterOptions, 2000),
-        _family("tables", TableOptions, 2000),
+        _family("raster", RasterOptions, 250),
+        _family("tables", TableOptions, 250),
         _family("dicom", DicomOptions, 4, discovery="discovery"),
         _family("contours", ContourOptions, 4),
-        _family("reports", ReportOptions, 2000),
+        _family("reports", ReportOptions, 250),
     )
 }
 
