@@ -56,7 +56,7 @@ def test_registry_maps_families_to_options_and_readers():
         "reports": (reports.ReportOptions, "medpclip.sources.reports.reader"),
     }
     assert {name: f.unit_items for name, f in READERS.items()} == {
-        "volumes": 4, "dicom": 4, "contours": 4, "raster": 2000, "tables": 2000, "reports": 2000,
+        "volumes": 4, "dicom": 4, "contours": 4, "raster": 250, "tables": 250, "reports": 250,
     }  # fmt: skip
     reader = get_reader("tables")
     assert reader.family == "tables" and reader.options is tables.TableOptions
