@@ -55,7 +55,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bench.common import save_result
+from bench.common import pillow_png, save_result
 from bench.volumes import FOLDER, write_ct_dataset
 from medpclip import imaging
 from medpclip.corpus.encoding import codec_versions, encode_png
@@ -138,20 +138,10 @@ def run_peer(raw: Path, out: Path) -> dict:
     return {"wall_s": wall, "slices_kept": slices, "files": files, "bytes": nbytes}
 
 
-def _pil_png(img: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG", compress_level=PNG_LEVEL)
-    return buf.getvalue()
-
-
 def floor(raw: Path, cases: int, codecs: str) -> dict:
     """Read + reorient + window + PNG of every kept slice of the first ``cases`` cases, one core."""
     load, encode = (
-        (nib.load, _pil_png) if codecs == "tools" else (load_nifti, lambda a: encode_png(a, PNG_LEVEL))
+        (nib.load, pillow_png) if codecs == "tools" else (load_nifti, lambda a: encode_png(a, PNG_LEVEL))
     )
     meta = json.loads((raw / FOLDER / "dataset.json").read_text())
     started = time.perf_counter()

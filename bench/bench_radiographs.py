@@ -18,7 +18,6 @@ end to end and in the units phase, over each floor's (goal ≥ 0.7 end to end).
 
 from __future__ import annotations
 
-import io
 import os
 import platform
 import statistics
@@ -30,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from bench.bench_peer import CPUS, run_medpclip
-from bench.common import save_result
+from bench.common import pillow_png, save_result
 from bench.radiographs import write_cxr8
 from medpclip.corpus.encoding import codec_versions, encode_png
 from medpclip.corpus.sample import SampleParams
@@ -39,14 +38,8 @@ DATA = Path(__file__).parent / "data" / "radiographs"
 PNG_LEVEL = SampleParams().png_compress_level
 
 
-def _pil_png(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG", compress_level=PNG_LEVEL)
-    return buf.getvalue()
-
-
 def floor(raw: Path, n: int, codecs: str) -> dict:
-    encode = _pil_png if codecs == "tools" else (lambda a: encode_png(a, PNG_LEVEL))
+    encode = pillow_png if codecs == "tools" else (lambda a: encode_png(a, PNG_LEVEL))
     files = sorted((raw / "CXR8" / "images" / "images").glob("*.png"))[:n]
     started = time.perf_counter()
     for f in files:

@@ -8,6 +8,18 @@ from pathlib import Path
 from medpclip.specs import DatasetSpec, parse_spec
 
 RESULTS = Path(__file__).parent / "results"
+PILLOW_PNG_LEVEL = 6  # the build's PNG encoder before issue 18: Pillow at zlib's default level
+
+
+def pillow_png(img) -> bytes:
+    """An image as PNG the way the build wrote it before issue 18 (the "tools" floor of the benches)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", compress_level=PILLOW_PNG_LEVEL)
+    return buf.getvalue()
 
 
 def save_result(name: str, result: dict) -> Path:
