@@ -83,6 +83,23 @@ def frames_of(spec: DatasetSpec, raw: Path, item: SourceItem) -> list[Frame]:
     return list(get_reader(spec.format.family).read(spec, raw, as_from_json(item)))
 
 
+def axial_frames_of(spec: DatasetSpec, raw: Path, item: SourceItem) -> list[Frame]:
+    """The axial frames of an item: the per-spec fixture truths are written per axial slice, and specs on an
+    isotropic grid also slice the coronal and sagittal planes (checked on their own in test_volume_datasets)."""
+    return [f for f in frames_of(spec, raw, item) if f.plane == "ax"]
+
+
+def planes_for(spec: DatasetSpec) -> tuple[str, ...]:
+    """The planes a shipped volume spec slices: all three exactly when its stats give the in-plane size the
+    census counts coronal and sagittal frames from (the specs on an isotropic grid), else axial."""
+    return ("ax", "co", "sa") if spec.stats is not None and spec.stats.matrix else ("ax",)
+
+
+def axial_only(spec: DatasetSpec) -> DatasetSpec:
+    """``spec`` slicing the axial plane only, for an end-to-end test whose counts are per axial slice."""
+    return spec.model_copy(update={"slicing": spec.slicing.model_copy(update={"planes": ("ax",)})})
+
+
 def regions_of(spec: DatasetSpec | None, frame: Frame, min_area_px: int | None = None) -> list:
     """The regions the harmoniser cuts from a frame's label map and masks (the spec's minimum area unless
     ``min_area_px``), asserting that none was dropped."""

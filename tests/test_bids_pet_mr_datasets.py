@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus_utils import frames_of, items_of
+from corpus_utils import axial_frames_of, items_of
 from layouts import save_nifti
 from scipy import ndimage
 
@@ -132,7 +132,7 @@ def test_spec_reads_its_publisher_layout(tmp_path, name):
     assert {c: i.patient_id for c, i in readable.items()} == patients
     assert all(i.official_split is None and i.study_id is None for i in readable.values())
     for case, item in readable.items():
-        frames = frames_of(spec, tmp_path, item)
+        frames = axial_frames_of(spec, tmp_path, item)
         assert len(frames) == SHAPE[2] and {f.image.shape for f in frames} == {(SHAPE[1], SHAPE[0])}
         assert all(f.intensity == "raw" and f.modality == "MR" for f in frames)
         assert regions_by_frame(frames) == regions[case], case
@@ -156,7 +156,7 @@ def test_isles22_files_sequence_and_missing_mask(tmp_path):
         "label": "ISLES-2022/derivatives/sub-strokecase0001/ses-0001/sub-strokecase0001_ses-0001_msk.nii.gz",
     }
     with pytest.raises(ReadError) as e:  # no mask in derivatives/: the case is refused, not read unlabelled
-        frames_of(spec, tmp_path, items["sub-strokecase0003"])
+        axial_frames_of(spec, tmp_path, items["sub-strokecase0003"])
     assert e.value.reason == "missing_file"
     # sequence adc reads the ADC map on the same grid as the mask
     data = spec.model_dump(mode="json")
@@ -164,7 +164,7 @@ def test_isles22_files_sequence_and_missing_mask(tmp_path):
     adc = parse_spec(data)
     item = items_of(adc, tmp_path)["sub-strokecase0002"]
     assert {f.role: f.path for f in item.files}["image"].endswith("sub-strokecase0002_ses-0001_adc.nii.gz")
-    frames = frames_of(adc, tmp_path, item)
+    frames = axial_frames_of(adc, tmp_path, item)
     assert min(float(f.image.min()) for f in frames) >= 2000 and regions_by_frame(frames) == {3: 1, 4: 1}
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from corpus_utils import frames_of, items_of, regions_of
+from corpus_utils import axial_frames_of, items_of, planes_for, regions_of
 from layouts import junk
 from layouts import save_nifti as save
 
@@ -377,7 +377,7 @@ def regions_by_label(spec, frame) -> Counter:
 
 def rejected(spec, raw: Path, item) -> ReadError:
     with pytest.raises(ReadError) as e:
-        frames_of(spec, raw, item)
+        axial_frames_of(spec, raw, item)
     return e.value
 
 
@@ -390,7 +390,7 @@ def test_the_new_specs_are_complete_and_name_each_tasks_labels():
         spec = resolve_spec(name)
         assert spec.format.family == "volumes" and spec.split.rule == "hash"
         assert spec.access == ("open" if name == "crossmoda" else "registration")
-        assert spec.slicing.planes == ("ax",) and not spec.slicing.keep_empty
+        assert spec.slicing.planes == planes_for(spec) and not spec.slicing.keep_empty
         assert spec.citation and spec.licence and spec.homepage.startswith("https://") and spec.unit_items > 0
         assert spec.stats is not None and spec.stats.structures == len(spec.labels) and spec.stats.source
         assert all(e.value and e.name[0].isupper() and e.category for e in spec.labels)
@@ -456,7 +456,7 @@ def test_brats2023_frames_carry_each_tasks_label_names_and_regions(raw, name):
     items = items_of(spec, raw)
     lab, truth = brats_labels(), brats_truth(name)
     for cid in BRATS[name]["read"]:
-        frames = frames_of(spec, raw, items[cid])
+        frames = axial_frames_of(spec, raw, items[cid])
         assert [f.slice_index for f in frames] == list(range(SHAPE[2]))
         assert {(f.intensity, f.shape, f.spacing_mm) for f in frames} == {("raw", (12, 16), (1.0, 1.0))}
         assert frames[0].label_values == BRATS_NAMES[name]
@@ -482,7 +482,7 @@ def test_brats2023_sequence_option_picks_another_file(raw):
     t1c = type(spec).model_validate(data)
     item = items_of(t1c, raw)["BraTS-MEN-00074-001"]
     assert item.files[0].path == "BraTS-MEN-Train/BraTS-MEN-00074-001/BraTS-MEN-00074-001-t1c.nii.gz"
-    frames = frames_of(t1c, raw, item)
+    frames = axial_frames_of(t1c, raw, item)
     expected = mr_image(brats_labels(), SEQS["t1c"], 74)
     assert all(np.array_equal(f.image, display(expected, f.slice_index)) for f in frames)
 
@@ -501,7 +501,7 @@ def test_mmwhs_reads_the_training_pairs_with_the_publisher_codes(raw, name):
         )
         assert item.patient_id == cid and item.official_split is None
         assert "".join(nib.aff2axcodes(nib.load(raw / item.files[0].path).affine)) == case["stored"]
-        frames = frames_of(spec, raw, item)
+        frames = axial_frames_of(spec, raw, item)
         assert [f.slice_index for f in frames] == list(range(SHAPE[2]))
         assert {(f.intensity, f.shape, f.spacing_mm) for f in frames} == {
             (case["intensity"], (12, 16), case["spacing"])
@@ -540,7 +540,7 @@ def test_crossmoda_feta_covid_read_the_labelled_volumes_only(raw, name):
             SourceFile("label", f"{spec.root}/{label}"),
         )
         assert item.official_split is None
-        frames = frames_of(spec, raw, item)
+        frames = axial_frames_of(spec, raw, item)
         assert [f.slice_index for f in frames] == list(range(SHAPE[2]))
         intensity = "hu" if spec.modality == "CT" else "raw"
         assert {(f.intensity, f.shape, f.spacing_mm) for f in frames} == {

@@ -18,7 +18,15 @@ import nibabel as nib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from corpus_utils import discovery_notes, frames_of, items_of, totalsegmentator_class_map
+from corpus_utils import (
+    axial_frames_of,
+    axial_only,
+    discovery_notes,
+    frames_of,
+    items_of,
+    planes_for,
+    totalsegmentator_class_map,
+)
 from layouts import junk
 from layouts import save_nifti as save
 from scipy import ndimage
@@ -352,7 +360,7 @@ def raw(tmp_path_factory) -> Path:
 
 def rejected(spec: DatasetSpec, raw: Path, item: SourceItem) -> ReadError:
     with pytest.raises(ReadError) as e:
-        frames_of(spec, raw, item)
+        axial_frames_of(spec, raw, item)
     return e.value
 
 
@@ -384,7 +392,9 @@ def test_every_spec_is_complete_and_its_options_parse():
         opts = parse_options(spec, VolumeLayout)
         roots[name] = spec.root
         assert (
-            spec.format.family == "volumes" and spec.slicing.planes == ("ax",) and not spec.slicing.keep_empty
+            spec.format.family == "volumes"
+            and spec.slicing.planes == planes_for(spec)
+            and not spec.slicing.keep_empty
         )
         assert spec.citation and spec.licence and spec.homepage.startswith("http") and spec.unit_items > 0
         assert spec.access in ("open", "registration") and spec.modality in ("CT", "MR")
@@ -420,7 +430,7 @@ def test_msd_liver_reads_the_training_list_only_and_rounds_float_labels(raw):
         SourceFile("label", "Task03_Liver/labelsTr/liver_0.nii.gz"),
     )
     assert items["liver_0"].patient_id == "liver_0" and items["liver_0"].official_split is None
-    frames = frames_of(spec, raw, items["liver_0"])
+    frames = axial_frames_of(spec, raw, items["liver_0"])
     assert [f.slice_index for f in frames] == list(range(6))
     assert {(f.intensity, f.modality, f.shape, f.spacing_mm) for f in frames} == {
         ("hu", "CT", (20, 24), (1.0, 1.0))
@@ -438,7 +448,7 @@ def test_msd_liver_reads_the_training_list_only_and_rounds_float_labels(raw):
     lab[16:20, 9:13, 2:4] = 2
     assert all(np.array_equal(f.label_map, display(lab, f.slice_index)) for f in frames)
     assert np.nonzero(frames[2].label_map == 1)[1].max() < 12  # the liver: patient's right = image left
-    frames7 = frames_of(spec, raw, items["liver_7"])  # float32 labels
+    frames7 = axial_frames_of(spec, raw, items["liver_7"])  # float32 labels
     assert nib.load(raw / "Task03_Liver/labelsTr/liver_7.nii.gz").get_data_dtype() == np.float32
     assert all(f.label_map.dtype == np.uint8 for f in frames7)
     assert all(np.array_equal(f.label_map, display(abdomen({"liver": 1}), f.slice_index)) for f in frames7)
@@ -450,7 +460,7 @@ def test_msd_spleen_label_stored_xyz1(raw):
     assert list(items) == ["spleen_19", "spleen_3"]
     assert nib.load(raw / "Task09_Spleen/labelsTr/spleen_19.nii.gz").shape == (24, 20, 6, 1)
     for item in items.values():
-        frames = frames_of(spec, raw, item)
+        frames = axial_frames_of(spec, raw, item)
         assert [k for k, f in enumerate(frames) if f.label_map.any()] == [2, 3]
         assert (frames[2].label_map == 1).sum() == 36 and frames[2].label_values == {1: "spleen"}
 
@@ -462,11 +472,11 @@ def test_msd_brain_tumour_4d_channel_by_name(raw):
     lab = brain(edema=1, enhancing=3, core=2)
     for channel, base in (("FLAIR", 100), ("t1gd", 700), (3, 1000)):
         s = spec if channel == "FLAIR" else with_options("msd_brain_tumour", channel=channel)
-        frames = frames_of(s, raw, items_of(s, raw)["BRATS_002"])
+        frames = axial_frames_of(s, raw, items_of(s, raw)["BRATS_002"])
         expected = mr_image(lab, base, 1)
         assert all(np.array_equal(f.image, display(expected, f.slice_index)) for f in frames), channel
         assert {(f.intensity, f.modality) for f in frames} == {("raw", "MR")}
-    frames = frames_of(spec, raw, items["BRATS_001"])
+    frames = axial_frames_of(spec, raw, items["BRATS_001"])
     assert frames[2].label_values == {1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"}
     assert {k: regions_per_frame(f) for k, f in enumerate(frames) if f.has_annotations} == BRAIN_REGIONS
     assert int((frames[2].label_map == 1).sum()) == 160 and int((frames[2].label_map == 2).sum()) == 16
@@ -487,7 +497,7 @@ def test_msd_prostate_on_nibabels_real_4d_scan(raw):
     lab = np.asanyarray(nib.as_closest_canonical(lab_img).dataobj)
     for channel in (None, "ADC"):
         s = spec if channel is None else with_options("msd_prostate", channel=channel)
-        frames = frames_of(s, raw, items_of(s, raw)["prostate_04"])
+        frames = axial_frames_of(s, raw, items_of(s, raw)["prostate_04"])
         c = 0 if channel is None else 1
         assert len(frames) == canonical.shape[2]
         assert all(np.array_equal(f.image, display(canonical[..., c], f.slice_index)) for f in frames)
@@ -512,7 +522,7 @@ def test_btcv_pairs_by_number_laterality_and_orphan_label(raw):
     assert items["0002"].patient_id == "0002"
     e = rejected(spec, raw, items["0005"])
     assert e.reason == "missing_file" and "label0005" in e.detail
-    frames = frames_of(spec, raw, items["0002"])  # image stored (24, 20, 6, 1)
+    frames = axial_frames_of(spec, raw, items["0002"])  # image stored (24, 20, 6, 1)
     lab = abdomen(BTCV_VALUES)
     assert all(np.array_equal(f.image, display(ct_image(lab, 2), f.slice_index)) for f in frames)
     assert {k: regions_per_frame(f) for k, f in enumerate(frames)} == ABDOMEN_REGIONS
@@ -537,7 +547,7 @@ def test_amos22_lists_per_case_modality_and_any_orientation(raw, tmp_path):
     assert nib.aff2axcodes(nib.load(raw / "amos22/imagesTr/amos_0508.nii.gz").affine) == ("P", "I", "R")
     assert nib.load(raw / "amos22/imagesTr/amos_0508.nii.gz").shape == (20, 6, 24)
     for case, n, intensity, modality in (("amos_0001", 0, "hu", "CT"), ("amos_0508", 1, "raw", "MR")):
-        frames = frames_of(spec, raw, items[case])
+        frames = axial_frames_of(spec, raw, items[case])
         image = ct_image(lab, n) if modality == "CT" else mr_image(lab, 200, n)
         assert len(frames) == 6 and {(f.intensity, f.modality) for f in frames} == {(intensity, modality)}
         assert all(np.array_equal(f.image, display(image, f.slice_index)) for f in frames), case
@@ -561,7 +571,7 @@ def test_flare22_strips_the_channel_suffix(raw):
     assert items["FLARE22_Tr_0001"].files[1] == SourceFile(
         "label", "FLARE22Train/labels/FLARE22_Tr_0001.nii.gz"
     )
-    frames = frames_of(spec, raw, items["FLARE22_Tr_0002"])
+    frames = axial_frames_of(spec, raw, items["FLARE22_Tr_0002"])
     assert np.array_equal(frames[1].label_map, display(abdomen(FLARE_VALUES), 1))
     assert frames[1].label_values[1] == "liver" and frames[1].label_values[13] == "left kidney"
     assert {k: regions_per_frame(f) for k, f in enumerate(frames)} == ABDOMEN_REGIONS
@@ -577,7 +587,7 @@ def test_kits23_slices_first_volumes_are_reoriented(raw):
     )
     stored = nib.load(raw / "kits23/dataset/case_00000/imaging.nii.gz")
     assert stored.shape == (6, 20, 24) and nib.aff2axcodes(stored.affine) == ("I", "P", "L")
-    frames = frames_of(spec, raw, items["case_00000"])
+    frames = axial_frames_of(spec, raw, items["case_00000"])
     lab = kits_labels()
     assert len(frames) == 6 and frames[0].shape == (20, 24) and frames[0].spacing_mm == (1.0, 1.0)
     assert all(np.array_equal(f.image, display(ct_image(lab, 0), f.slice_index)) for f in frames)
@@ -612,7 +622,7 @@ def test_totalsegmentator_per_structure_masks_meta_csv_split(raw):
     # file is one plan-stage row naming it (missing_masks: skip, the default); once the whole case was lost
     item = items["s0004"]
     assert len(item.files) == 117 and "prostate" not in item.meta_dict()["structures"]
-    assert {k: regions_per_frame(f) for k, f in enumerate(frames_of(spec, raw, item))} == TS_REGIONS
+    assert {k: regions_per_frame(f) for k, f in enumerate(axial_frames_of(spec, raw, item))} == TS_REGIONS
     assert discovery_notes(spec, raw) == [
         DiscoveryNote(
             "missing_file",
@@ -628,7 +638,7 @@ def test_totalsegmentator_per_structure_masks_meta_csv_split(raw):
         "Totalsegmentator_dataset_v201/s0004/segmentations/prostate.nii.gz",
     )
     assert discovery_notes(strict, raw) == []
-    frames = frames_of(spec, raw, items["s0001"])
+    frames = axial_frames_of(spec, raw, items["s0001"])
     assert len(frames) == 6 and all(f.label_map is None for f in frames)
     names = {k: sorted(n for n, _ in f.masks) for k, f in enumerate(frames)}
     assert names[1] == ["aorta", "kidney_cyst_left", "kidney_left", "liver"]  # absent structures: no mask
@@ -644,7 +654,7 @@ def test_totalsegmentator_per_structure_masks_meta_csv_split(raw):
     lenient = with_options("totalsegmentator", missing_masks="empty")
     item = items_of(lenient, raw)["s0004"]
     assert len(item.files) == 117 and "prostate" not in item.meta_dict()["structures"]
-    assert {k: regions_per_frame(f) for k, f in enumerate(frames_of(lenient, raw, item))} == TS_REGIONS
+    assert {k: regions_per_frame(f) for k, f in enumerate(axial_frames_of(lenient, raw, item))} == TS_REGIONS
     assert discovery_notes(lenient, raw) == []
 
 
@@ -676,12 +686,34 @@ def test_brats2021_sequence_option_and_nii_variant(raw):
     lab = brain(edema=2, enhancing=4, core=1)
     for sequence in ("flair", "t1ce"):
         s = spec if sequence == "flair" else with_options("brats2021", sequence=sequence)
-        frames = frames_of(s, raw, items_of(s, raw)["BraTS2021_00002"])
+        frames = axial_frames_of(s, raw, items_of(s, raw)["BraTS2021_00002"])
         expected = mr_image(lab, BRATS21_SEQS[sequence], 1)
         assert all(np.array_equal(f.image, display(expected, f.slice_index)) for f in frames), sequence
     assert frames[2].label_values == {1: "NCR", 2: "ED", 4: "ET"}
     assert sorted(np.unique(frames[2].label_map).tolist()) == [0, 1, 2, 4]
     assert {k: regions_per_frame(f) for k, f in enumerate(frames) if f.has_annotations} == BRAIN_REGIONS
+
+
+def test_isotropic_specs_slice_all_three_planes_at_the_volumes_own_positions(raw):
+    """brats2021 (240x240x155 at 1 mm) slices axial, coronal and sagittal: every plane's frames are the label
+    volume's sections at their RAS indices (the empty ones unannotated, for the build to drop), and each
+    plane holds every labelled voxel."""
+    spec = resolve_spec("brats2021")
+    assert spec.slicing.planes == ("ax", "co", "sa") and spec.stats.matrix == 240
+    frames = frames_of(spec, raw, items_of(spec, raw)["BraTS2021_00002"])
+    lab = brain(edema=2, enhancing=4, core=1)  # canonical RAS, as written
+    image = mr_image(lab, BRATS21_SEQS["flair"], 1)  # its noise tells every section (and a flipped one) apart
+    for plane, axis in (("ax", 2), ("co", 1), ("sa", 0)):
+        got = [f for f in frames if f.plane == plane]
+        kept = [i for i in range(lab.shape[axis]) if np.take(lab, i, axis).any()]
+        assert [f.slice_index for f in got] == list(range(lab.shape[axis])), plane
+        assert [f.slice_index for f in got if f.has_annotations] == kept, plane
+        assert all(np.array_equal(f.image, np.take(image, f.slice_index, axis).T[::-1, ::-1]) for f in got)
+        got = [f for f in got if f.has_annotations]
+        for value in (1, 2, 4):
+            per_slice = {f.slice_index: int((f.label_map == value).sum()) for f in got}
+            assert per_slice == {i: int((np.take(lab, i, axis) == value).sum()) for i in kept}, (plane, value)
+    assert sum(f.has_annotations for f in frames) == 4 + 14 + 16  # k 1-4, j 3-16, i 4-19: the edema box
 
 
 def test_brats2023_patient_and_timepoint_ids_and_foreign_label_value(raw):
@@ -700,7 +732,7 @@ def test_brats2023_patient_and_timepoint_ids_and_foreign_label_value(raw):
     )
     splits = {c: assign_split(spec.split, spec.name, i.patient_id) for c, i in items.items()}
     assert splits["BraTS-GLI-00000-000"] == splits["BraTS-GLI-00000-001"]  # timepoints stay together
-    frames = frames_of(spec, raw, items["BraTS-GLI-00000-001"])
+    frames = axial_frames_of(spec, raw, items["BraTS-GLI-00000-001"])
     lab = brain(edema=2, enhancing=3, core=1)
     assert all(np.array_equal(f.image, display(mr_image(lab, 1200, 1), f.slice_index)) for f in frames)
     assert frames[2].label_values == {1: "NCR", 2: "ED", 3: "ET"}
@@ -730,7 +762,7 @@ def test_acdc_labelled_frames_info_and_folder_split(raw):
     assert (item.patient_id, item.study_id, item.official_split) == ("patient001", "patient001", "train")
     assert dict(item.meta_dict()["info"])["ES"] == "12" and dict(item.meta_dict()["info"])["Group"] == "DCM"
     assert items["patient101_frame14"].official_split == "test"
-    frames = frames_of(spec, raw, item)
+    frames = axial_frames_of(spec, raw, item)
     assert len(frames) == 6 and frames[1].spacing_mm == (1.5, 1.5) and frames[1].modality == "MR"
     assert all(np.array_equal(f.label_map, display(acdc_labels(2), f.slice_index)) for f in frames)
     assert frames[1].label_values == {1: "RV cavity", 2: "myocardium", 3: "LV cavity"}
@@ -752,7 +784,7 @@ def test_shape_mismatch_of_label_or_mask(raw, tmp_path):
     spec = resolve_spec("btcv")
     items = items_of(spec, root)
     assert rejected(spec, root, items["0001"]).reason == "shape_mismatch"
-    assert len(frames_of(spec, root, items["0002"])) == 6  # the other case is unaffected
+    assert len(axial_frames_of(spec, root, items["0002"])) == 6  # the other case is unaffected
 
     ts = resolve_spec("totalsegmentator")
     shutil.copytree(raw / ts.root, root / ts.root)
@@ -794,7 +826,8 @@ def test_options_are_checked(raw):
 
 @pytest.mark.slow
 def test_build_amos_totalsegmentator_brats2023(raw, tmp_path, ray_session):
-    specs = resolve_specs(["amos22", "totalsegmentator", "brats2023"])
+    # axial only: the split and region counts below are the fixture's per axial slice
+    specs = [axial_only(s) for s in resolve_specs(["amos22", "totalsegmentator", "brats2023"])]
     result = build_corpus(specs, raw, tmp_path / "corpus", max_side=256)
     datasets = {d["name"]: d for d in result.build["datasets"]}
     assert datasets["amos22"]["samples_by_split"] == {"train": 12, "val": 6}
