@@ -86,7 +86,10 @@ def frames_of(spec: DatasetSpec, raw: Path, item: SourceItem) -> list[Frame]:
 def axial_frames_of(spec: DatasetSpec, raw: Path, item: SourceItem) -> list[Frame]:
     """The axial frames of an item: the per-spec fixture truths are written per axial slice, and specs on an
     isotropic grid also slice the coronal and sagittal planes (checked on their own in test_volume_datasets)."""
-    return [f for f in frames_of(spec, raw, item) if f.plane == "ax"]
+    frames = frames_of(spec, raw, item)
+    # the filter must not hide a reader slicing a plane its spec does not ask for (an axial-only spec's co/sa)
+    assert {f.plane for f in frames} <= set(spec.slicing.planes), (spec.name, spec.slicing.planes)
+    return [f for f in frames if f.plane == "ax"]
 
 
 def planes_for(spec: DatasetSpec) -> tuple[str, ...]:
